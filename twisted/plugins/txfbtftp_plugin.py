@@ -1,0 +1,3 @@
+from twisted.application.service import ServiceMaker
+
+tftp = ServiceMaker("txfbtftp", "txfbtftp.tap", "A pluggable TFTP server for network boot.", "tftp")

@@ -1,0 +1,26 @@
+"""Server-wide settings, as one immutable value."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from txfbtftp.options import Limits
+from txfbtftp.schedule import DEFAULT_SCHEDULE, Schedule
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    limits: Limits = field(default_factory=Limits)
+    #: The watchdog: waits before each retransmission of the first packet,
+    #: and the bounds of the adaptive timer after it.
+    schedule: Schedule = DEFAULT_SCHEDULE
+    #: Estimate the round trip after the first exchange (RFC 6298).
+    adaptive: bool = True
+    #: The adaptive timer's floor, seconds.
+    rto_min: float = 0.05
+    #: How long an upload's final ACK is repeated for a repeated last block.
+    dally: float = 5.0
+    #: Session sockets come from this range (inclusive) instead of anywhere.
+    port_range: Optional[Tuple[int, int]] = None
+    #: Serve every session from the listening port (NAT, containers).
+    single_port: bool = False
