@@ -56,6 +56,11 @@ class TFTPService(Service):
         return lp
 
     @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return self.listening[0].getHost().port
+
+    @property
     def sessions(self) -> dict:
         out: dict = {}
         for proto in self.protocols:
