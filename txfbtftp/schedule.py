@@ -62,12 +62,14 @@ DEFAULT_SCHEDULE = Schedule.parse(DEFAULT_SPEC)
 class RTOEstimator:
     """RFC 6298 retransmission timeout, with a floor instead of its 1 s minimum."""
 
-    __slots__ = ("floor", "srtt", "rttvar")
+    __slots__ = ("floor", "srtt", "rttvar", "rto")
 
     def __init__(self, floor: float = 0.05) -> None:
         self.floor = floor
         self.srtt: Optional[float] = None
         self.rttvar = 0.0
+        #: The current timeout, kept up to date by ``sample``.
+        self.rto = floor
 
     def sample(self, rtt: float) -> None:
         if self.srtt is None:
@@ -75,12 +77,8 @@ class RTOEstimator:
         else:
             self.rttvar += (abs(self.srtt - rtt) - self.rttvar) / 4
             self.srtt += (rtt - self.srtt) / 8
-
-    @property
-    def rto(self) -> float:
-        if self.srtt is None:
-            return self.floor
-        return max(self.floor, self.srtt + 4 * self.rttvar)
+        rto = self.srtt + 4 * self.rttvar
+        self.rto = rto if rto > self.floor else self.floor
 
 
 class Watchdog:

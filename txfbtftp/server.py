@@ -304,7 +304,7 @@ class Session(DatagramProtocol):
         self.server._send_from(pkt, self._dest, self.local)
 
     def datagramReceived(self, data: bytes, addr: Tuple) -> None:
-        if addr != self.peer:
+        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
             if packet.opcode_of(data) != packet.ERROR:
                 try:
                     self._sock.sendto(packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID]), addr)

@@ -217,8 +217,11 @@ class ReadMachine(_Machine):
 
     def _ack(self, number: int, now: float) -> None:
         acked = self._acked
-        off = block_offset(number, acked, self.rollover)
-        if off is None or off < 0 or off > self._sent - acked:
+        if self.rollover == 0:
+            off: Optional[int] = (number - acked) & 0xFFFF
+        else:
+            off = block_offset(number, acked, self.rollover)
+        if off is None or off > self._sent - acked:
             self.duplicates += 1
             return
         self.established = True

@@ -63,6 +63,24 @@ class SessionPort(udp.Port):
         self.socket = skt
         self.fileno = skt.fileno
 
+    def doRead(self) -> None:
+        """One datagram per wake-up.
+
+        In lock-step there is only ever one, and trying for a second would
+        cost a failed system call per block; the poller is level-triggered,
+        so whatever is left wakes us again.
+        """
+        try:
+            data, addr = self.socket.recvfrom(MAX_DATAGRAM)
+        except OSError as e:
+            if e.errno in _READ_IGNORE:
+                return
+            raise
+        try:
+            self.protocol.datagramReceived(data, addr)
+        except Exception:
+            log.err(None, "error handling a datagram from %r" % (addr,))
+
     def connectionLost(self, reason: Any = None) -> None:
         self._realPortNumber = None
         self.maxThroughput = 0
