@@ -46,7 +46,7 @@ client      blksize    windowsize  netascii      upload  IPv6   tsize
 ==========  =========  ==========  ============  ======  =====  ==============
 curl        yes [1]    no          raw only [2]  yes     yes    always [3]
 tftp-hpa    no [4]     no          yes           yes     yes    never
-atftp       yes        yes (0.8)   yes           yes     yes    opt-in [5]
+atftp       yes        yes [7]     yes           yes     yes    opt-in [5]
 busybox     yes [6]    no          no            yes     yes    always
 ==========  =========  ==========  ============  ======  =====  ==============
 
@@ -75,6 +75,12 @@ busybox     yes [6]    no          no            yes     yes    always
     ``busybox tftp --help``; yes on Debian).  ``-b 512`` sends *no* blksize
     option (512 is the default).  busybox always sends ``tsize``
     (``0`` on RRQ, the size on WRQ) and cannot be told not to.
+[7] atftp >= 0.8.  Downloads with windowsize are solid.  Upload quirk: if
+    retransmissions happen near the end of a windowed WRQ (seen on loopback
+    with blksize 65464 + windowsize 4, when the receiver's socket buffer
+    overflows), atftp may send an extra *zero-length* DATA block N+1 after
+    the final short block N was ACKed, wait for its ACK, time out (~30 s)
+    and exit 255 although the server has the complete file.
 
 How each client reports failure (see also :func:`server_error`):
 
@@ -91,11 +97,12 @@ How each client reports failure (see also :func:`server_error`):
   :data:`TFTP_HPA_FAILURE` (1) when the output shows a failure
   (``Error code N: msg``, ``Transfer timed out.``, ``tftp: <path>: <errno
   text>`` on stderr, ...); ``raw_returncode`` keeps the real status and
-  ``note`` says why.  The verbose success line ("Received N bytes in ..." /
-  "Sent N bytes in ...") is not printed for zero-byte files, so it is not
-  required.
-  After receiving an ERROR during a download it *sends an ACK* (block = last
-  block + 1) back to the error's sender - servers must tolerate that.
+  ``note`` says why.  The verbose "Received N bytes in ..." / "Sent N
+  bytes in ..." line is useless as a success marker: it is missing for
+  zero-byte transfers and still printed after an ERROR ended a transfer.
+  After receiving an ERROR during a download tftp-hpa *sends an ACK* (for
+  the block it was waiting for, i.e. last block + 1) back to the error's
+  sender - servers must tolerate that stray ACK.
 * atftp: exit status 255 on any failure (server ERROR, timeout, local file
   problem).  stderr: ``tftp: error received from server <msg>`` (the code
   is not shown), ``timeout: retrying ...`` x6 then ``tftp: aborting``
@@ -106,8 +113,13 @@ How each client reports failure (see also :func:`server_error`):
 
 Other quirks:
 
-* On a failed download tftp-hpa and atftp leave an empty local file behind;
-  curl and busybox do not create one.
+* curl 7.88 rejects ``tsize 0`` in an OACK ("invalid tsize -:0:- value in
+  OACK packet", exit 71), so downloading an *empty* file with curl fails
+  against any server that answers tsize; ``tsize=False`` works around it.
+* tftp-hpa and atftp translate netascii properly both ways (LF <-> CR LF,
+  CR <-> CR NUL on the wire); curl sends/keeps the bytes verbatim.
+* On a failed download tftp-hpa and atftp leave an empty (or partial) local
+  file behind; curl and busybox did not create one in the missing-file case.
 * tftp-hpa treats ``host:file`` in file names specially unless in literal
   mode; this module always passes ``-l``.  IPv6 literals are passed with
   ``-6``.
