@@ -185,3 +185,19 @@ def test_large_file_wraps_block_numbers_at_512(serve, root, tmp_path):
     assert out.stat().st_size == big.stat().st_size
     assert out.read_bytes() == big.read_bytes()
     assert (yield settled(svc, ended)).machine.bytes == big.stat().st_size
+
+
+@pytest_twisted.inlineCallbacks
+def test_larger_than_4_gib(serve, root):
+    """Sizes past 32 bits: tsize, byte counts and a second block-number wrap."""
+    size = (4 << 30) + 100000
+    with open(root / "huge.img", "wb") as f:
+        f.truncate(size)  # sparse: no disk, fast reads
+    ended = []
+    svc = _start(serve, root, on_session_end=ended.append)
+    res = yield _attempt("curl", "download", "127.0.0.1", svc.bound_port, "huge.img", "/dev/null",
+                         blksize=65464, timeout=300)
+    res.check()
+    session = yield settled(svc, ended)
+    assert session.negotiated.tsize == size
+    assert session.machine.bytes == size and session.outcome.value == "ok"

@@ -293,3 +293,79 @@ def test_oack_acked_ten_seconds_late(serve, root):
     stopped = svc.stopService()
     clock.advance(0)  # ports close on the next (fake) tick
     yield stopped
+
+
+@pytest_twisted.inlineCallbacks
+def test_backend_failure_is_a_generic_error_with_the_traceback_logged(serve):
+    from twisted.logger import globalLogPublisher
+    from zope.interface import implementer
+
+    from txfbtftp.interfaces import IBackend
+
+    @implementer(IBackend)
+    class Broken:
+        def get_reader(self, path, request):
+            raise RuntimeError("database at /var/lib/secret is down")
+
+        get_writer = get_reader
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        svc = serve(backend=Broken())
+        c = listen()
+        c.send(packet.request(packet.RRQ, "x", "octet"), addr(svc))
+        data, _ = yield c.recv()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    err = packet.parse_error(data)
+    assert (err.code, err.message) == (0, "Server error")
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and "secret" in str(failures[0]["log_failure"].value)
+    yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_deferred_backend_and_reader(serve):
+    """Backends may answer later, and readers may return Deferreds of bytes."""
+    from zope.interface import implementer
+
+    from txfbtftp.interfaces import IBackend, IReader
+
+    payload = os.urandom(10000)
+
+    @implementer(IReader)
+    class SlowReader:
+        size = len(payload)
+
+        def __init__(self):
+            self.pos, self.closed = 0, False
+
+        def read(self, n):
+            chunk = payload[self.pos:self.pos + n]
+            self.pos += len(chunk)
+            return deferLater(reactor, 0.001, lambda: chunk)
+
+        def close(self):
+            self.closed = True
+
+    readers = []
+
+    @implementer(IBackend)
+    class Later:
+        def get_reader(self, path, request):
+            assert request.client[0] == "127.0.0.1" and request.local == ("127.0.0.1", svc.bound_port)
+            assert request.options == {"blksize": "1000", "windowsize": "4", "tsize": "0"}
+            readers.append(SlowReader())
+            return deferLater(reactor, 0.01, lambda: readers[-1])
+
+        def get_writer(self, path, request):
+            raise NotImplementedError
+
+    svc = serve(backend=Later())
+    c = listen()
+    data, oack, _ = yield download(c, addr(svc), "dyn", {"blksize": "1000", "windowsize": "4", "tsize": "0"})
+    assert data == payload and oack == {"blksize": "1000", "windowsize": "4", "tsize": "10000"}
+    yield sleep(0.05)
+    assert readers[0].closed
+    yield c.close()
