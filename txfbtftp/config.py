@@ -24,3 +24,8 @@ class ServerConfig:
     port_range: Optional[Tuple[int, int]] = None
     #: Serve every session from the listening port (NAT, containers).
     single_port: bool = False
+    #: Keep polling session sockets this long after the last datagram before
+    #: returning to the reactor (0 disables); see txfbtftp.udp.SessionSockets.
+    busy_poll: float = 0.0002
+    #: The longest the session sockets keep the reactor waiting.
+    time_slice: float = 0.005

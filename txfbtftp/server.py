@@ -26,7 +26,7 @@ from txfbtftp.netascii import NetasciiReader, NetasciiWriter
 from txfbtftp.options import negotiate
 from txfbtftp.schedule import RTOEstimator, Watchdog
 from txfbtftp.session import Outcome, ReadMachine, State, WriteMachine
-from txfbtftp.udp import ListeningPort, PortRange, SessionPort, natural
+from txfbtftp.udp import ListeningPort, PortRange, SessionSockets, natural
 
 
 Local = Optional[Tuple[str, int]]
@@ -66,11 +66,13 @@ class TFTPProtocol(DatagramProtocol):
     noisy = False
 
     def __init__(self, backend: Any, reactor: Any, config: ServerConfig = ServerConfig(),
-                 on_session_end: Optional[Callable[["Session"], None]] = None) -> None:
+                 on_session_end: Optional[Callable[["Session"], None]] = None,
+                 sockets: Optional[SessionSockets] = None) -> None:
         self.backend = backend
         self.reactor = reactor
         self.config = config
         self.on_session_end = on_session_end
+        self._sockets = sockets
         self.sessions: Dict[Tuple[str, int], Session] = {}
         self.ports = PortRange(*config.port_range) if config.port_range else None
         self.log_limiter = LogLimiter(reactor.seconds)
@@ -146,7 +148,14 @@ class TFTPProtocol(DatagramProtocol):
         for session in list(self.sessions.values()):
             session.abandon("server stopping")
 
-    def open_port(self, session: "Session") -> Optional[SessionPort]:
+    @property
+    def sockets(self) -> SessionSockets:
+        if self._sockets is None:
+            cfg = self.config
+            self._sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
+        return self._sockets
+
+    def open_socket(self, session: "Session") -> Any:
         """A socket for ``session``, bound to the address the client used."""
         host = session.local[0] if session.local else None
         if host is None:
@@ -157,26 +166,20 @@ class TFTPProtocol(DatagramProtocol):
         bind_host = host or ("::" if v6 else "0.0.0.0")
         scope = session.local[1] if (session.local and host and host.startswith("fe80")) else 0
         candidates = self.ports.candidates() if self.ports is not None else (0,)
-        for number in candidates:
-            port = SessionPort(number, session, bind_host, self.reactor, family, scope)
-            try:
-                port.startListening()
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE and self.ports is not None:
-                    continue
+        try:
+            sock, number = self.sockets.open(family, bind_host, candidates, session.datagramReceived, scope)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
                 log.warn("cannot open a session socket on {host}: {err}", host=bind_host, err=e)
-                return None
-            if self.ports is not None:
-                self.ports.in_use.add(port._realPortNumber)
-            session.port_number = port._realPortNumber if self.ports is not None else None
-            return port
-        return None
+            return None
+        if self.ports is not None:
+            self.ports.in_use.add(number)
+            session.port_number = number
+        return sock
 
 
-class Session(DatagramProtocol):
+class Session:
     """Drives one transfer: backend in, machine in the middle, socket out."""
-
-    noisy = False
 
     def __init__(self, server: TFTPProtocol, request: packet.Request, addr: Tuple,
                  key: Tuple[str, int], local: Local) -> None:
@@ -188,7 +191,6 @@ class Session(DatagramProtocol):
         self.reactor = server.reactor
         # Replies go to the natural form of the address on the session's own socket.
         self._dest = addr if ":" in key[0] else key
-        self.port: Optional[SessionPort] = None
         self.port_number: Optional[int] = None
         self._sock: Any = None
         self.machine: Any = None
@@ -225,12 +227,11 @@ class Session(DatagramProtocol):
         if srv.config.single_port:
             self._send = self._send_single
         else:
-            self.port = srv.open_port(self)
-            if self.port is None:
+            self._sock = srv.open_socket(self)
+            if self._sock is None:
                 srv.reply_error(self._dest, self.local, packet.ERR_UNDEFINED, "Server busy, try again later")
                 self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
                 return
-            self._sock = self.port.socket
         if req.mode not in _MODES:
             self._refuse(packet.ERR_ILLEGAL, "Unsupported transfer mode")
             return
@@ -454,8 +455,8 @@ class Session(DatagramProtocol):
             self.reader.close()
         if self.writer is not None and outcome is not Outcome.OK:
             self.writer.abort()
-        if self.port is not None:
-            self.port.stopListening()
+        if self._sock is not None:
+            self.server.sockets.close(self._sock)
         self.server.session_ended(self)
         _log_end(self)
 

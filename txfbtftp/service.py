@@ -10,7 +10,7 @@ from twisted.internet.defer import DeferredList
 from txfbtftp.config import ServerConfig
 from txfbtftp.logs import log
 from txfbtftp.server import Session, TFTPProtocol
-from txfbtftp.udp import ListeningPort
+from txfbtftp.udp import ListeningPort, SessionSockets
 
 
 
@@ -33,11 +33,15 @@ class TFTPService(Service):
         self.on_session_end = on_session_end
         self.protocols: List[TFTPProtocol] = []
         self.listening: List[ListeningPort] = []
+        self.sockets: Optional[SessionSockets] = None
 
     def startService(self) -> None:
         super().startService()
+        cfg = self.config
+        if not cfg.single_port:
+            self.sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
         for iface in self.interfaces:
-            proto = TFTPProtocol(self.backend, self.reactor, self.config, self.on_session_end)
+            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets)
             lp = self._listen(proto, iface)
             self.protocols.append(proto)
             self.listening.append(lp)
@@ -71,6 +75,9 @@ class TFTPService(Service):
         super().stopService()
         for proto in self.protocols:
             proto.stop_sessions()
+        if self.sockets is not None:
+            self.sockets.shutdown()
+            self.sockets = None
         ds = [d for d in (lp.stopListening() for lp in self.listening) if d is not None]
         self.protocols, self.listening = [], []
         return DeferredList(ds)

@@ -10,13 +10,25 @@ has to follow addresses as they come and go; the kernel already knows.)
 Sessions then bind their own socket to that address, so every later packet
 leaves from it; in single-port mode replies carry the address in an
 IP_PKTINFO / IPV6_PKTINFO control message instead.
+
+Why :class:`SessionSockets`: every session has its own socket (a new transfer
+ID, as RFC 1350 wants), and in lock-step each block is one wake-up.  Letting
+the reactor dispatch each socket costs more Python than the transfer itself,
+so all session sockets sit behind one inner epoll that the reactor sees as a
+single reader.  When traffic is flowing it keeps polling for a short, bounded
+while (``busy_poll``) before handing control back, so the next ACK of a fast
+client is read without a round trip through the reactor and without the
+latency of waking a sleeping process; ``time_slice`` bounds how long other
+events can wait.
 """
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
-from typing import Any, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from twisted.internet import udp
 from twisted.python import log
@@ -38,64 +50,7 @@ def natural(host: str) -> str:
     return host
 
 
-class SessionPort(udp.Port):
-    """A UDP port that binds and closes without a log line per session."""
-
-    def __init__(self, port: int, proto: Any, interface: str = "", reactor: Any = None,
-                 family: Optional[int] = None, scope_id: int = 0) -> None:
-        super().__init__(port, proto, interface, MAX_DATAGRAM, reactor)
-        if family is not None:
-            self.addressFamily = family
-        self._scope_id = scope_id
-
-    def _bindSocket(self) -> None:
-        skt = self.createInternetSocket()
-        try:
-            if self.addressFamily == socket.AF_INET6:
-                skt.bind((self.interface, self.port, 0, self._scope_id))
-            else:
-                skt.bind((self.interface, self.port))
-        except OSError:
-            skt.close()
-            raise
-        self._realPortNumber = skt.getsockname()[1]
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno
-
-    def doRead(self) -> None:
-        """One datagram per wake-up.
-
-        In lock-step there is only ever one, and trying for a second would
-        cost a failed system call per block; the poller is level-triggered,
-        so whatever is left wakes us again.
-        """
-        try:
-            data, addr = self.socket.recvfrom(MAX_DATAGRAM)
-        except OSError as e:
-            if e.errno in _READ_IGNORE:
-                return
-            raise
-        try:
-            self.protocol.datagramReceived(data, addr)
-        except Exception:
-            log.err(None, "error handling a datagram from %r" % (addr,))
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self._realPortNumber = None
-        self.maxThroughput = 0
-        base = udp.base.BasePort
-        base.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
-
-
-class ListeningPort(SessionPort):
+class ListeningPort(udp.Port):
     """The well-known port: delivers ``(data, peer, local)`` to the protocol.
 
     ``peer`` keeps the full socket address (with an IPv6 scope id);
@@ -105,7 +60,7 @@ class ListeningPort(SessionPort):
 
     def __init__(self, port: int, proto: Any, interface: str = "::", reactor: Any = None,
                  reuse_port: bool = False) -> None:
-        super().__init__(port, proto, interface, reactor)
+        super().__init__(port, proto, interface, MAX_DATAGRAM, reactor)
         self._reuse_port = reuse_port
 
     def createInternetSocket(self) -> socket.socket:
@@ -161,6 +116,99 @@ def _destination(ancillary: list) -> Optional[Tuple[str, int]]:
             host = natural(socket.inet_ntop(socket.AF_INET6, payload[:16]))
             return host, struct.unpack("@I", payload[16:20])[0]
     return None
+
+
+Handler = Callable[[bytes, Tuple], None]
+
+
+class SessionSockets:
+    """Session sockets multiplexed behind one reactor reader (Linux epoll)."""
+
+    def __init__(self, reactor: Any, busy_poll: float = 0.0002, time_slice: float = 0.005) -> None:
+        self.reactor = reactor
+        self.busy_poll = busy_poll
+        self.time_slice = time_slice
+        self._ep = select.epoll()
+        self._handlers: Dict[int, Tuple[socket.socket, Handler]] = {}
+        reactor.addReader(self)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def open(self, family: int, host: str, ports: Iterable[int], handler: Handler,
+             scope_id: int = 0) -> Tuple[socket.socket, int]:
+        """A non-blocking socket bound to ``host`` and the first free of ``ports``.
+
+        Raises OSError (EADDRINUSE when every port was taken).
+        """
+        err: Optional[OSError] = None
+        for port in ports:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((host, port, 0, scope_id) if family == socket.AF_INET6 else (host, port))
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                err = e
+                continue
+            fd = sock.fileno()
+            self._handlers[fd] = (sock, handler)
+            self._ep.register(fd, select.EPOLLIN)
+            return sock, sock.getsockname()[1]
+        raise err or OSError(errno.EADDRINUSE, "no free port")
+
+    def close(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd >= 0 and self._handlers.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+        sock.close()
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def logPrefix(self) -> str:
+        return "txfbtftp-sessions"
+
+    def doRead(self) -> None:
+        poll = self._ep.poll
+        handlers = self._handlers
+        clock = time.monotonic
+        start = last = clock()
+        end = start + self.time_slice
+        idle = self.busy_poll
+        while True:
+            events = poll(0)
+            if events:
+                for fd, _ in events:
+                    entry = handlers.get(fd)
+                    if entry is None:
+                        continue
+                    try:
+                        data, addr = entry[0].recvfrom(MAX_DATAGRAM)
+                    except OSError:
+                        continue  # EAGAIN, or an ICMP error queued on the socket
+                    try:
+                        entry[1](data, addr)
+                    except Exception:
+                        log.err(None, "error handling a datagram from %r" % (addr,))
+                last = now = clock()
+            else:
+                now = clock()
+                if now - last >= idle:
+                    return
+            if now >= end:
+                return
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.reactor.removeReader(self)
+        for sock, _ in list(self._handlers.values()):
+            self.close(sock)
+        self._ep.close()
 
 
 class PortRange:
