@@ -33,9 +33,14 @@ class _SharedFile:
 
 @implementer(IReader)
 class FileReader:
-    """Reads one file by offset from a shared descriptor."""
+    """Reads one file by offset from a shared descriptor.
 
-    __slots__ = ("size", "_fs", "_key", "_fd", "_offset")
+    Reads ahead ``READ_AHEAD`` blocks per system call: a window of blocks then
+    costs one ``pread``, and a session holds at most that much.
+    """
+
+    READ_AHEAD = 8
+    __slots__ = ("size", "_fs", "_key", "_fd", "_offset", "_buf", "_pos")
 
     def __init__(self, fs: "FilesystemBackend", key: _Key, fd: int, size: int) -> None:
         self.size: Optional[int] = size
@@ -43,15 +48,27 @@ class FileReader:
         self._key = key
         self._fd = fd
         self._offset = 0
+        self._buf = b""
+        self._pos = 0
 
     def read(self, n: int) -> bytes:
-        data = os.pread(self._fd, n, self._offset)
-        self._offset += len(data)
-        return data
+        pos = self._pos
+        end = pos + n
+        buf = self._buf
+        if end <= len(buf):
+            self._pos = end
+            return buf[pos:end]
+        rest = buf[pos:]
+        chunk = os.pread(self._fd, n * self.READ_AHEAD, self._offset)
+        self._offset += len(chunk)
+        buf = self._buf = rest + chunk if rest else chunk
+        self._pos = n
+        return buf[:n]
 
     def close(self) -> None:
         if self._fd >= 0:
             self._fd = -1
+            self._buf = b""
             self._fs._release(self._key)
 
 
