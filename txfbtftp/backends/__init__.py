@@ -5,7 +5,7 @@ Other packages add schemes with :func:`register`; the twistd plugin and
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from txfbtftp.interfaces import IBackend
 
@@ -40,3 +40,38 @@ def _fs(arg: str, writable: bool = False, overwrite: bool = False, **_: Any) -> 
 
 
 register("fs", _fs)
+
+
+def _python(arg: str, **settings: Any) -> Any:
+    from txfbtftp.backends.python import from_spec as python_backend
+    return python_backend(arg, **settings)
+
+
+register("python", _python)
+
+
+def _template(arg: str, **_: Any) -> Any:
+    from txfbtftp.backends.template import TemplateBackend
+    return TemplateBackend(arg)
+
+
+register("template", _template)
+
+
+def _http(arg: str, reactor: Any = None, http_timeout: float = 3.0, cache_dir: Optional[str] = None,
+          cache_size: int = 1 << 30, cache_revalidate: float = 60.0, **_: Any) -> Any:
+    """``http:BASE-URL``, behind a disk cache when ``cache_dir`` is given."""
+    if reactor is None:
+        raise ValueError("the http backend needs the reactor (settings: reactor=...)")
+    from txfbtftp.backends.http import HTTPBackend, HTTPOrigin
+    origin = HTTPOrigin(arg, reactor, timeout=http_timeout)
+    if not cache_dir:
+        return HTTPBackend(origin)
+    from txfbtftp.cache import CacheBackend
+    try:
+        return CacheBackend(origin, cache_dir, reactor, max_size=cache_size, revalidate=cache_revalidate)
+    except OSError as e:
+        raise ValueError("cannot use the cache directory %s: %s" % (cache_dir, e.strerror))
+
+
+register("http", _http)

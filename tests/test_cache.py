@@ -1,0 +1,294 @@
+"""The disk cache in front of an http: origin."""
+import json
+import os
+import random
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.threads import deferToThread
+
+from txfbtftp import backends, errors
+from txfbtftp.backends.http import HTTPOrigin
+from txfbtftp.cache import CacheBackend
+from txfbtftp.tap import Options
+
+from . import clients, rawclient
+from .httporigin import Origin, slurp, until
+
+
+@pytest.fixture
+def origin():
+    o = Origin()
+    yield o
+    pytest_twisted.blockon(o.close())
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cache(origin, cache_dir):
+    """``cache(**kw)``: a CacheBackend over the test origin; call again for a
+    fresh instance over the same directory (a restart)."""
+    made = []
+
+    def make(timeout=3.0, **kw):
+        kw.setdefault("revalidate", 3600)
+        made.append(HTTPOrigin(origin.base, reactor, timeout=timeout))
+        return CacheBackend(made[-1], str(cache_dir), reactor, **kw)
+
+    yield make
+    for h in made:
+        pytest_twisted.blockon(h.close())
+
+
+def _listen():
+    c = rawclient.listen()
+    c.transport.maxPacketSize = 65536
+    return c
+
+
+def _stored(cache_dir):
+    return sorted(n for n in os.listdir(cache_dir) if n != "tmp")
+
+
+def _body(seed, size):
+    return random.Random(seed).randbytes(size)
+
+
+@pytest_twisted.inlineCallbacks
+def _get(backend, name):
+    reader = yield backend.get_reader(name, None)
+    data = yield slurp(reader)
+    yield backend.idle()
+    return data
+
+
+@pytest_twisted.inlineCallbacks
+def test_200_clients_on_a_cold_cache_make_one_origin_request(serve, cache, origin, cache_dir):
+    body = _body(1, 300001)
+    gate = Deferred()
+    origin.add("vmlinuz", body, gate=gate, gate_after=65536, chunk=32768)
+    svc = serve(backend=cache())
+    server = ("127.0.0.1", svc.bound_port)
+    clients_ = [_listen() for _ in range(200)]
+    try:
+        downloads = [rawclient.download(c, server, "vmlinuz", {"blksize": "8192", "tsize": "0"})
+                     for c in clients_]
+        yield until(lambda: len(svc.sessions) == 200 and all(c.received for c in clients_))
+        assert len(origin.seen) == 1
+        assert _stored(cache_dir) == []  # nothing visible until complete
+        gate.callback(None)
+        results = yield DeferredList(downloads, fireOnOneErrback=True, consumeErrors=True)
+        yield svc.backend.idle()
+        for _, (data, oack, _) in results:
+            assert oack["tsize"] == str(len(body)) and data == body
+        assert len(origin.seen) == 1
+        clients_.append(_listen())
+        assert (yield rawclient.download(clients_[-1], server, "vmlinuz"))[0] == body
+        assert len(origin.seen) == 1 and len(_stored(cache_dir)) == 2
+    finally:
+        for c in clients_:
+            c.close()
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+@pytest_twisted.inlineCallbacks
+def test_revalidation(cache, origin, cache_dir, validator):
+    now = [1000.0]
+    backend = cache(clock=lambda: now[0], revalidate=10)
+    first = {"etag": '"v1"', "last_modified": "Mon, 01 Jan 2024 00:00:00 GMT"}[validator]
+    spec = origin.add("initrd", b"one" * 1000, **{validator: first})
+    assert (yield _get(backend, "initrd")) == b"one" * 1000
+    data_files = [n for n in _stored(cache_dir) if n.endswith(".data")]
+    now[0] += 5
+    assert (yield _get(backend, "initrd")) == b"one" * 1000
+    assert len(origin.seen) == 1
+    now[0] += 10  # stale: a conditional request, answered 304
+    assert (yield _get(backend, "initrd")) == b"one" * 1000
+    seen = origin.seen[-1]
+    assert len(origin.seen) == 2
+    assert (seen.if_none_match if validator == "etag" else seen.if_modified_since) == first.encode()
+    assert [n for n in _stored(cache_dir) if n.endswith(".data")] == data_files
+    now[0] += 5  # 304 restarted the clock
+    assert (yield _get(backend, "initrd")) == b"one" * 1000 and len(origin.seen) == 2
+    spec.body = b"two" * 2000
+    setattr(spec, validator, {"etag": '"v2"', "last_modified": "Tue, 02 Jan 2024 00:00:00 GMT"}[validator])
+    now[0] += 11
+    assert (yield _get(backend, "initrd")) == b"two" * 2000
+    assert len(origin.seen) == 3
+    (meta,) = [n for n in _stored(cache_dir) if n.endswith(".json")]
+    (data,) = [n for n in _stored(cache_dir) if n.endswith(".data")]
+    assert data != data_files[0]
+    stored = json.loads((cache_dir / meta).read_text())
+    assert stored[validator] == getattr(spec, validator) and stored["size"] == 6000
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_origin_error_on_revalidation_serves_the_cached_copy_but_404_drops_it(cache, origin, cache_dir):
+    now = [0.0]
+    backend = cache(clock=lambda: now[0], revalidate=1)
+    spec = origin.add("f", b"cached", etag='"1"')
+    assert (yield _get(backend, "f")) == b"cached"
+    spec.status = 503
+    now[0] += 2
+    assert (yield _get(backend, "f")) == b"cached"
+    del origin.files["/boot/f"]
+    now[0] += 2
+    with pytest.raises(errors.FileNotFound):
+        yield _get(backend, "f")
+    assert _stored(cache_dir) == [] and backend.keys() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_concurrent_requests_for_a_stale_entry_revalidate_once(cache, origin):
+    now = [0.0]
+    backend = cache(clock=lambda: now[0], revalidate=1)
+    origin.add("cfg", b"menu", etag='"e"', delay=0.01)
+    yield _get(backend, "cfg")
+    now[0] += 2
+    readers = yield DeferredList([backend.get_reader("cfg", None) for _ in range(20)], fireOnOneErrback=True)
+    for _, reader in readers:
+        assert (yield slurp(reader)) == b"menu"
+    assert len(origin.seen) == 2 and origin.seen[1].if_none_match == b'"e"'
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_file_larger_than_the_cache_is_served_not_kept(cache, origin, cache_dir):
+    body = _body(4, 50000)
+    origin.add("huge", body)
+    backend = cache(max_size=40000)
+    assert (yield _get(backend, "huge")) == body
+    assert _stored(cache_dir) == [] and os.listdir(cache_dir / "tmp") == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_truncated_response_is_never_cached(serve, cache, origin, cache_dir):
+    body = _body(2, 400000)
+    spec = origin.add("cut.bin", body, truncate_at=150000)
+    svc = serve(backend=cache())
+    client = _listen()
+    try:
+        with pytest.raises(RuntimeError, match="ERROR 0"):
+            yield rawclient.download(client, ("127.0.0.1", svc.bound_port), "cut.bin", {"blksize": "8192"})
+    finally:
+        client.close()
+    backend = svc.backend
+    yield backend.idle()
+    assert _stored(cache_dir) == [] and os.listdir(cache_dir / "tmp") == []
+    spec.truncate_at = None
+    assert (yield _get(backend, "cut.bin")) == body
+    assert len(origin.seen) == 2 and len(_stored(cache_dir)) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_eviction_keeps_the_most_recently_used_and_spares_readers(cache, origin, cache_dir):
+    files = {name: _body(i, 100000) for i, name in enumerate("abcde")}
+    for name, body in files.items():
+        origin.add(name, body)
+    backend = cache(max_size=350000)
+    for name in "abc":
+        yield _get(backend, name)
+    yield _get(backend, "a")  # b is now the least recently used
+    yield _get(backend, "d")
+    keys = [k.rsplit("/", 1)[1] for k in backend.keys()]
+    assert keys == ["c", "a", "d"] and backend.used == 300000
+    assert len(_stored(cache_dir)) == 6
+    held = yield backend.get_reader("c", None)
+    yield _get(backend, "a")
+    yield _get(backend, "d")
+    assert [k.rsplit("/", 1)[1] for k in backend.keys()] == ["c", "a", "d"]
+    yield _get(backend, "e")  # c is the least recently used, but being read
+    assert [k.rsplit("/", 1)[1] for k in backend.keys()] == ["c", "d", "e"]
+    assert (yield slurp(held)) == files["c"]
+    requests = len(origin.seen)
+    yield _get(backend, "d")
+    assert len(origin.seen) == requests
+    yield _get(backend, "b")
+    assert len(origin.seen) == requests + 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_restart_keeps_a_warm_cache(cache, origin, cache_dir):
+    origin.add("a", b"A" * 5000)
+    origin.add("b", b"B" * 7000)
+    first = cache()
+    yield _get(first, "a")
+    yield _get(first, "b")
+    yield _get(first, "a")
+    second = cache()
+    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["b", "a"] and second.used == 12000
+    assert (yield _get(second, "a")) == b"A" * 5000
+    assert (yield _get(second, "b")) == b"B" * 7000
+    assert len(origin.seen) == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_damaged_entries_are_fetched_again(cache, origin, cache_dir):
+    origin.add("same-size", b"good" * 1000)
+    origin.add("short", b"long" * 1000)
+    first = cache()
+    yield _get(first, "same-size")
+    yield _get(first, "short")
+    names = {json.loads((cache_dir / n).read_text())["key"].rsplit("/", 1)[1]: json.loads((cache_dir / n).read_text())
+             for n in _stored(cache_dir) if n.endswith(".json")}
+    (cache_dir / names["same-size"]["data"]).write_bytes(b"evil" * 1000)
+    (cache_dir / names["short"]["data"]).write_bytes(b"lo")
+    (cache_dir / "tmp" / "leftover").write_bytes(b"x")
+    (cache_dir / "0123.orphan.data").write_bytes(b"x")
+    second = cache()
+    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["same-size"]
+    assert os.listdir(cache_dir / "tmp") == [] and not (cache_dir / "0123.orphan.data").exists()
+    assert (yield _get(second, "same-size")) == b"good" * 1000
+    assert (yield _get(second, "short")) == b"long" * 1000
+    assert len(origin.seen) == 4
+    assert (yield _get(second, "same-size")) == b"good" * 1000 and len(origin.seen) == 4
+
+
+def test_options_build_a_cache_in_front_of_http(tmp_path):
+    o = Options()
+    o.parseOptions(["--backend", "http:http://127.0.0.1:8080/boot/", "--cache-dir", str(tmp_path / "c"),
+                    "--cache-size", "64M", "--cache-revalidate", "30", "--http-timeout", "2"])
+    backend = o["backend_obj"]
+    assert isinstance(backend, CacheBackend)
+    assert (backend.max_size, backend.revalidate, backend.origin.timeout) == (64 << 20, 30.0, 2.0)
+    assert os.path.isdir(tmp_path / "c" / "tmp")
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--http-timeout", "0"), "--http-timeout"),
+    (("--cache-size", "lots"), "--cache-size"),
+    (("--cache-revalidate", "-1"), "--cache-revalidate"),
+])
+def test_bad_cache_options(tmp_path, args, words):
+    from twisted.python import usage
+    with pytest.raises(usage.UsageError, match=words):
+        Options().parseOptions(["--backend", "http:http://127.0.0.1/", *args])
+
+
+@pytest_twisted.inlineCallbacks
+def test_curl_through_http_and_the_cache(serve, origin, tmp_path):
+    try:
+        clients.require("curl")
+    except clients.Unsupported as e:
+        pytest.skip(str(e))
+    body = _body(3, 3 * 1024 * 1024 + 11)
+    origin.add("ipxe/boot.efi", body, chunk=65536, delay=0.001)
+    backend = backends.from_spec("http:" + origin.base, reactor=reactor, cache_dir=str(tmp_path / "c"),
+                                 cache_size=1 << 30, cache_revalidate=60)
+    try:
+        svc = serve(backend=backend)
+        for attempt in ("miss", "hit"):
+            out = tmp_path / attempt
+            res = yield deferToThread(clients.download, "curl", "127.0.0.1", svc.bound_port, "ipxe/boot.efi",
+                                      out, blksize=1468, timeout=60)
+            res.check()
+            assert out.read_bytes() == body
+            yield backend.idle()
+        assert len(origin.seen) == 1
+    finally:
+        yield backend.origin.close()

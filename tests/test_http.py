@@ -1,0 +1,205 @@
+"""The http: backend against a real origin on loopback."""
+import hashlib
+import random
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from txfbtftp import backends, errors, packet
+from txfbtftp.backends.http import HTTPBackend, HTTPOrigin, relative
+from txfbtftp.netascii import NetasciiReader, encode
+
+from . import rawclient
+from .httporigin import Origin, slurp, until
+
+BIG = 50 << 20
+
+
+@pytest.fixture
+def origin():
+    o = Origin()
+    yield o
+    pytest_twisted.blockon(o.close())
+
+
+@pytest.fixture
+def http(origin):
+    """``http(**kw)``: an HTTPOrigin on the test origin, closed afterwards."""
+    made = []
+
+    def make(base=None, **kw):
+        made.append(HTTPOrigin(base or origin.base, reactor, **kw))
+        return made[-1]
+
+    yield make
+    for h in made:
+        pytest_twisted.blockon(h.close())
+
+
+@pytest.fixture
+def client():
+    c = rawclient.listen()
+    c.transport.maxPacketSize = 65536
+    yield c
+    c.close()
+
+
+def _server(serve, http, **kw):
+    svc = serve(backend=HTTPBackend(http(**kw)))
+    return svc, ("127.0.0.1", svc.bound_port)
+
+
+@pytest_twisted.inlineCallbacks
+def _error_for(client, server, name, op=packet.RRQ):
+    client.send(packet.request(op, name, "octet"), server)
+    data, _ = yield client.recv(3.0)
+    assert packet.opcode_of(data) == packet.ERROR, data[:4]
+    return packet.parse_error(data).code
+
+
+def test_paths_stay_under_the_base(http):
+    h = http(base="http://repo.example/boot")
+    assert h.url("/pxelinux.0") == "http://repo.example/boot/pxelinux.0"
+    assert h.url("a b/c%d?.bin") == "http://repo.example/boot/a%20b/c%25d%3F.bin"
+    assert h.url("x;y#z/\u00e9") == "http://repo.example/boot/x%3By%23z/%C3%A9"
+    assert h.url("//a/./b//c") == "http://repo.example/boot/a/b/c"
+    assert h.url("%2e%2e/x") == "http://repo.example/boot/%252e%252e/x"
+    for bad in ("../etc/passwd", "a/../../b", "a\\..\\b", "/.."):
+        with pytest.raises(errors.AccessViolation):
+            relative(bad)
+    for empty in ("", "/", "./", "a\x00b"):
+        with pytest.raises(errors.FileNotFound):
+            relative(empty)
+
+
+@pytest.mark.parametrize("base", ["ftp://x/", "/srv/tftp", "http://x/?q=1", "http:///nohost"])
+def test_bad_base_urls(base):
+    with pytest.raises(ValueError):
+        HTTPOrigin(base, reactor)
+
+
+def test_factory_needs_the_reactor():
+    with pytest.raises(ValueError, match="reactor"):
+        backends.from_spec("http:http://127.0.0.1/")
+    backend = backends.from_spec("http:http://127.0.0.1/boot/", reactor=reactor, http_timeout=1.5)
+    assert isinstance(backend, HTTPBackend) and backend.origin.timeout == 1.5
+
+
+@pytest_twisted.inlineCallbacks
+def test_first_data_leaves_before_the_origin_has_sent_the_file(serve, http, origin, client):
+    body = random.Random(1).randbytes(BIG)
+    gate = Deferred()
+    origin.add("big.bin", body, gate=gate, gate_after=1 << 20)
+    svc, server = _server(serve, http)
+    download = rawclient.download(client, server, "big.bin", {"blksize": "65464", "tsize": "0"})
+    yield until(lambda: any(packet.opcode_of(d) == packet.DATA for d, _ in client.received))
+    assert origin.sent["/boot/big.bin"] <= 1 << 20 and not gate.called
+    gate.callback(None)
+    data, oack, _ = yield download
+    assert oack["tsize"] == str(BIG)
+    assert len(data) == BIG and hashlib.sha256(data).digest() == hashlib.sha256(body).digest()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_slow_client_pauses_the_origin(serve, http, origin, client):
+    origin.add("big.bin", bytes(BIG))
+    svc, server = _server(serve, http, high_water=256 * 1024)
+    client.send(packet.request(packet.RRQ, "big.bin", "octet", {"blksize": "65464"}), server)
+    _, tid = yield client.recv()
+    client.send(packet.ack(0), tid)
+    data, _ = yield client.recv()
+    assert packet.opcode_of(data) == packet.DATA
+    (session,) = svc.sessions.values()
+    reader = session.reader
+    yield until(lambda: reader._paused)
+    sent = None
+    while sent != origin.sent["/boot/big.bin"]:  # until the socket buffers are full
+        sent = origin.sent["/boot/big.bin"]
+        yield until(lambda: False, timeout=0.2, fail=False)
+    assert sent < BIG // 2
+    assert reader.buffered <= 256 * 1024 + 128 * 1024
+    client.send(packet.error(0, "enough"), tid)
+    yield until(lambda: not svc.sessions)
+    assert reader._closed and reader.buffered == 0
+
+
+@pytest.mark.parametrize("status,code", [(404, 1), (410, 1), (403, 2), (401, 2), (500, 0), (502, 0)])
+@pytest_twisted.inlineCallbacks
+def test_status_codes_map_to_tftp_errors(serve, http, origin, client, status, code):
+    origin.add("f", b"x", status=status)
+    svc, server = _server(serve, http)
+    assert (yield _error_for(client, server, "f")) == code
+
+
+@pytest_twisted.inlineCallbacks
+def test_missing_file_and_escapes(serve, http, origin, client):
+    svc, server = _server(serve, http)
+    assert (yield _error_for(client, server, "nope")) == 1
+    assert (yield _error_for(client, server, "../secret")) == 2
+    assert (yield _error_for(client, server, "f", op=packet.WRQ)) == 2
+    assert [s.uri for s in origin.seen] == [b"/boot/nope"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_origin_that_never_answers_is_error_0_promptly(serve, http, origin, client):
+    origin.add("hang", hang=True)
+    svc, server = _server(serve, http, timeout=0.3)
+    start = reactor.seconds()
+    assert (yield _error_for(client, server, "hang")) == 0
+    assert reactor.seconds() - start < 1.5
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_origin_is_error_0(serve, http, client):
+    svc, server = _server(serve, http, base="http://127.0.0.1:1/", timeout=1.0)
+    assert (yield _error_for(client, server, "x")) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_stalled_body_is_error_0(serve, http, origin, client):
+    origin.add("stall.bin", bytes(300000), stall_after=100000)
+    svc, server = _server(serve, http, timeout=0.3)
+    start = reactor.seconds()
+    with pytest.raises(RuntimeError, match="ERROR 0"):
+        yield rawclient.download(client, server, "stall.bin", {"blksize": "8192"})
+    assert reactor.seconds() - start < 2.0
+
+
+@pytest_twisted.inlineCallbacks
+def test_truncated_body_is_error_0_never_a_short_file(serve, http, origin, client):
+    origin.add("cut.bin", bytes(300000), truncate_at=150000)
+    svc, server = _server(serve, http)
+    with pytest.raises(RuntimeError, match="ERROR 0"):
+        yield rawclient.download(client, server, "cut.bin", {"blksize": "8192"})
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_length_means_no_tsize(serve, http, origin, client):
+    body = random.Random(2).randbytes(100000)
+    origin.add("chunked.bin", body, no_length=True, chunk=7000, delay=0.001)
+    svc, server = _server(serve, http)
+    data, oack, _ = yield rawclient.download(client, server, "chunked.bin", {"blksize": "1468", "tsize": "0"})
+    assert data == body and oack == {"blksize": "1468"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_encoded_names_and_a_reused_connection(serve, http, origin, client):
+    origin.add("a%20b%25.bin", b"first")
+    origin.add("second.bin", b"second")
+    svc, server = _server(serve, http)
+    assert (yield rawclient.download(client, server, "a b%.bin"))[0] == b"first"
+    assert (yield rawclient.download(client, server, "/second.bin"))[0] == b"second"
+    assert [s.uri for s in origin.seen] == [b"/boot/a%20b%25.bin", b"/boot/second.bin"]
+    assert origin.seen[0].client_port == origin.seen[1].client_port
+    assert origin.seen[0].if_none_match is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_netascii_over_a_trickling_body(http, origin):
+    text = b"".join(b"line %d\n" % i for i in range(30000)) + b"cr\r"
+    origin.add("t.txt", text, chunk=3000, delay=0.0005)
+    body = yield HTTPBackend(http()).get_reader("t.txt", None)
+    assert body.size == len(text)
+    assert (yield slurp(NetasciiReader(body), 65536)) == encode(text)
