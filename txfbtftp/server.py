@@ -26,6 +26,7 @@ from txfbtftp.netascii import NetasciiReader, NetasciiWriter
 from txfbtftp.options import negotiate
 from txfbtftp.schedule import RTOEstimator, Watchdog
 from txfbtftp.session import Outcome, ReadMachine, State, WriteMachine
+from txfbtftp.stats import ServerStats
 from txfbtftp.udp import ListeningPort, PortRange, SessionSockets, natural
 
 
@@ -67,8 +68,9 @@ class TFTPProtocol(DatagramProtocol):
 
     def __init__(self, backend: Any, reactor: Any, config: ServerConfig = ServerConfig(),
                  on_session_end: Optional[Callable[["Session"], None]] = None,
-                 sockets: Optional[SessionSockets] = None) -> None:
+                 sockets: Optional[SessionSockets] = None, stats: Optional[ServerStats] = None) -> None:
         self.backend = backend
+        self.stats = stats if stats is not None else ServerStats(clock=reactor.seconds)
         self.reactor = reactor
         self.config = config
         self.on_session_end = on_session_end
@@ -111,11 +113,15 @@ class TFTPProtocol(DatagramProtocol):
             existing.abandon("client sent a new request")
         session = Session(self, req, addr, key, local)
         self.sessions[key] = session
+        self.stats.session_started()
         session.begin()
 
     def _note_bad(self, key: Tuple[str, int], what: str) -> None:
+        self.stats.increment_counter("malformed_packets")
         if self.log_limiter.allow(key[0]):
-            log.info("{peer}: {what}", peer="%s:%d" % key, what=what)
+            n = self.log_limiter.suppressed.pop(key[0], 0)
+            log.info("{peer}: {what} ({suppressed} more from this host not logged)" if n else "{peer}: {what}",
+                     peer=_fmt(key), what=what, suppressed=n)
 
     def reply_error(self, addr: Tuple, local: Local, code: int, message: str) -> None:
         """An ERROR from the listening port (nobody else can send it)."""
@@ -138,6 +144,7 @@ class TFTPProtocol(DatagramProtocol):
             del self.sessions[session.key]
         if self.ports is not None and session.port_number is not None:
             self.ports.in_use.discard(session.port_number)
+        session.record = self.stats.session_ended(session, self.reactor.seconds())
         if self.on_session_end is not None:
             try:
                 self.on_session_end(session)
@@ -229,6 +236,7 @@ class Session:
         else:
             self._sock = srv.open_socket(self)
             if self._sock is None:
+                srv.stats.increment_counter("requests_refused_busy")
                 srv.reply_error(self._dest, self.local, packet.ERR_UNDEFINED, "Server busy, try again later")
                 self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
                 return
@@ -467,18 +475,16 @@ def _fmt(addr: Tuple[str, int]) -> str:
 
 
 def _log_end(s: Session) -> None:
-    m = s.machine
-    nbytes = m.bytes if m is not None else 0
-    duration = (s.ended_at or s.started_at) - s.started_at
-    if m is not None and m.tsize_probe:
-        log.info("{peer} {verb} {path!r}: tsize probe (ERROR 8 after OACK)",
-                 peer=_fmt(s.key), verb="RRQ" if s.request.is_read else "WRQ", path=s.request.filename)
+    r = s.record
+    verb = "RRQ" if r.direction == "read" else "WRQ"
+    if r.tsize_probe:
+        log.info("{peer} {verb} {path!r}: tsize probe (ERROR 8 after OACK)", peer=_fmt(s.key), verb=verb,
+                 **r.as_dict())
         return
-    outcome = s.outcome.value if s.outcome is not None else "?"
-    if s.error_code is not None:
-        outcome += " %d %s" % (s.error_code, s.error_message)
-    elif s.error_message and s.outcome is not Outcome.OK:
-        outcome += " (%s)" % s.error_message
-    log.info("{peer} {verb} {path!r} {mode}: {bytes} bytes in {duration:.3f}s, {outcome}",
-             peer=_fmt(s.key), verb="RRQ" if s.request.is_read else "WRQ", path=s.request.filename,
-             mode=s.request.mode, bytes=nbytes, duration=duration, outcome=outcome)
+    result = r.outcome
+    if r.error_code is not None:
+        result += " %d %s" % (r.error_code, r.error_message)
+    elif r.error_message and r.outcome != Outcome.OK.value:
+        result += " (%s)" % r.error_message
+    log.info("{peer} {verb} {path!r} {mode}: {bytes_transferred} bytes in {duration:.3f}s, {result}",
+             peer=_fmt(s.key), verb=verb, result=result, **r.as_dict())

@@ -10,6 +10,7 @@ from twisted.internet.defer import DeferredList
 from txfbtftp.config import ServerConfig
 from txfbtftp.logs import log
 from txfbtftp.server import Session, TFTPProtocol
+from txfbtftp.stats import ServerStats, SessionRecord
 from txfbtftp.udp import ListeningPort, SessionSockets
 
 
@@ -24,7 +25,15 @@ class TFTPService(Service):
 
     def __init__(self, backend: Any, reactor: Any, port: int = 69,
                  interfaces: Sequence[str] = ("::",), config: ServerConfig = ServerConfig(),
-                 on_session_end: Optional[Callable[[Session], None]] = None) -> None:
+                 on_session_end: Optional[Callable[[Session], None]] = None,
+                 session_stats_callback: Optional[Callable[[SessionRecord], Any]] = None,
+                 server_stats_callback: Optional[Callable[[ServerStats], Any]] = None,
+                 stats_interval: float = 60.0, metrics: Any = None) -> None:
+        """``session_stats_callback(record)`` runs as each session ends;
+        ``server_stats_callback(self.stats)`` every ``stats_interval`` seconds;
+        ``metrics`` is a prometheus_client ``CollectorRegistry`` to register in,
+        or a :class:`txfbtftp.metrics.Metrics` (to choose path classes).
+        """
         self.backend = backend
         self.reactor = reactor
         self.port = port
@@ -34,6 +43,16 @@ class TFTPService(Service):
         self.protocols: List[TFTPProtocol] = []
         self.listening: List[ListeningPort] = []
         self.sockets: Optional[SessionSockets] = None
+        #: Every interface's counters; they outlive a restart.
+        self.stats = ServerStats(",".join(self.interfaces), stats_interval, reactor.seconds)
+        if session_stats_callback is not None:
+            self.stats.session_listeners.append(session_stats_callback)
+        self.server_stats_callback = server_stats_callback
+        self.metrics = None
+        if metrics is not None:
+            from txfbtftp.metrics import as_metrics  # prometheus_client only when wanted
+            self.metrics = as_metrics(metrics)
+            self.metrics.attach(self.stats)
 
     def startService(self) -> None:
         super().startService()
@@ -41,11 +60,13 @@ class TFTPService(Service):
         if not cfg.single_port:
             self.sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
         for iface in self.interfaces:
-            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets)
+            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets, self.stats)
             lp = self._listen(proto, iface)
             self.protocols.append(proto)
             self.listening.append(lp)
             log.info("TFTP server listening on {iface} port {port}", iface=iface, port=lp.getHost().port)
+        if self.server_stats_callback is not None and self.stats.interval:
+            self.stats.start_reporting(self.reactor, self.server_stats_callback)
 
     def _listen(self, proto: TFTPProtocol, iface: str) -> ListeningPort:
         lp = ListeningPort(self.port, proto, iface, self.reactor)
@@ -73,6 +94,7 @@ class TFTPService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self.stats.stop_reporting()
         for proto in self.protocols:
             proto.stop_sessions()
         if self.sockets is not None:

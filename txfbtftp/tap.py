@@ -1,15 +1,20 @@
-"""``twistd tftp``: parse options, build a :class:`TFTPService`.  Nothing else."""
+"""``twistd tftp``: parse options, build a :class:`TFTPService` (and its metrics server).  Nothing else."""
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import sys
+from typing import Any, List, Optional, Tuple
 
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txfbtftp import backends
+from txfbtftp import backends, remap
+from txfbtftp.backends.chain import ChainBackend
 from txfbtftp.config import ServerConfig
 from txfbtftp.options import MAX_BLKSIZE, Limits
 from txfbtftp.schedule import DEFAULT_SPEC, Schedule
 from txfbtftp.service import TFTPService
+from txfbtftp.stats import log_server_stats
 
 
 def _size(text: str) -> int:
@@ -40,9 +45,9 @@ class Options(usage.Options):
         ["single-port", None, "Serve every session from the listening port (NAT, containers)."],
         ["no-adaptive", None, "Retransmit on the fixed schedule only, without RTT estimation."],
         ["verbose", "v", "Log at debug level."],
+        ["remap-test", None, "Read paths on stdin, print each as --remap rewrites it (or DENIED), exit."],
     ]
     optParameters = [
-        ["backend", "b", None, "Where files come from, SCHEME:ARG (e.g. fs:/srv/tftp)."],
         ["port", "p", 69, "UDP port to listen on.", int],
         ["timeouts", "t", DEFAULT_SPEC,
          "Retransmission waits in seconds: a list '1,2,4,8' or base x tries '1x6'."],
@@ -51,11 +56,29 @@ class Options(usage.Options):
         ["max-windowsize", None, 64, "Largest RFC 7440 window granted.", int],
         ["max-upload-size", None, None, "Largest upload accepted, bytes (K, M, G suffixes)."],
         ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls)."],
+        ["stats-interval", None, 60.0, "Seconds between statistics lines in the log (0: none).", float],
+        ["metrics", None, None, "Serve Prometheus /metrics on this endpoint, e.g. tcp:9469."],
+        ["log-format", None, "text", "text, or json: one JSON object per line on standard output."],
+        ["http-timeout", None, 3.0,
+         "Seconds an http: origin has to answer, and the longest its body may stall.", float],
+        ["cache-dir", None, None, "Cache http: files in this directory."],
+        ["cache-size", None, "1G", "Most bytes the cache keeps (K, M, G suffixes)."],
+        ["cache-revalidate", None, 60.0,
+         "Seconds a cached file is served before the origin is asked whether it changed.", float],
+        ["remap", None, None, "Rewrite requested paths with a tftpd-hpa style rule file first."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["interfaces"] = []
+        self["backends"] = []
+        self["path_class_rules"] = []
+
+    def opt_backend(self, value: str) -> None:
+        """Where files come from, SCHEME:ARG (e.g. fs:/srv/tftp); repeat to chain several."""
+        self["backends"].append(value)
+
+    opt_b = opt_backend
 
     def opt_interface(self, value: str) -> None:
         """Address to listen on; repeat for several (default :: , dual stack)."""
@@ -63,8 +86,16 @@ class Options(usage.Options):
 
     opt_i = opt_interface
 
+    def opt_metrics_path_class(self, value: str) -> None:
+        """REGEX=NAME: label matching paths NAME in metrics; repeatable, first match wins."""
+        self["path_class_rules"].append(value)
+
     def postOptions(self) -> None:
-        if not self["backend"]:
+        if self["remap-test"]:
+            if not self["remap"]:
+                raise usage.UsageError("--remap-test needs --remap FILE")
+            raise SystemExit(remap.try_rules(self._rules(), sys.stdin, sys.stdout))
+        if not self["backends"]:
             raise usage.UsageError("--backend is required, e.g. --backend fs:/srv/tftp")
         if not 0 <= self["port"] <= 65535:
             raise usage.UsageError("--port must be within 0..65535")
@@ -94,19 +125,87 @@ class Options(usage.Options):
             limits=self["limits"], schedule=self["schedule"], adaptive=not self["no-adaptive"],
             rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"])
         try:
-            self["backend_obj"] = backends.from_spec(
-                self["backend"], writable=self["writable"], overwrite=self["overwrite"])
+            chain = [backends.from_spec(spec, writable=self["writable"], overwrite=self["overwrite"],
+                                        **self._fetch_settings())
+                     for spec in self["backends"]]
         except ValueError as e:
             raise usage.UsageError(str(e))
+        backend = chain[0] if len(chain) == 1 else ChainBackend(chain)
+        self["backend_obj"] = remap.RemapBackend(backend, self._rules()) if self["remap"] else backend
         if not self["interfaces"]:
             self["interfaces"] = ["::"]
+        self._observability()
+
+    def _observability(self) -> None:
+        """Check the statistics, metrics and log options; ask twistd for JSON logs."""
+        if self["stats-interval"] < 0:
+            raise usage.UsageError("--stats-interval must not be negative")
+        from txfbtftp.metrics import PathClasses
+        try:
+            self["path_classes"] = PathClasses(self["path_class_rules"])
+        except ValueError as e:
+            raise usage.UsageError("--metrics-path-class: %s" % e)
+        spec = self["metrics"]
+        if spec is not None:
+            spec = self["metrics"] = "tcp:" + spec if spec.isdigit() else spec
+            try:
+                serverFromString(None, spec)  # parsed again with twistd's reactor in makeService
+            except (ValueError, TypeError) as e:
+                raise usage.UsageError("--metrics takes an endpoint such as tcp:9469 (%s)" % e)
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format is text or json")
+        parent = self.parent
+        if self["log-format"] == "json" and parent is not None:
+            if parent.get("logger") or parent.get("logfile") not in (None, "-") or parent.get("syslog"):
+                raise usage.UsageError("--log-format json writes to standard output: "
+                                       "drop twistd's --logger, --logfile and --syslog")
+            if not (parent.get("nodaemon") or parent.get("debug")):
+                raise usage.UsageError("--log-format json writes to standard output: run twistd -n")
+            parent["logger"] = "txfbtftp.logs.json_observer"
+
+    def _fetch_settings(self) -> dict:
+        """Settings for backends that fetch from elsewhere (http:, its cache)."""
+        if self["http-timeout"] <= 0:
+            raise usage.UsageError("--http-timeout must be positive")
+        if self["cache-revalidate"] < 0:
+            raise usage.UsageError("--cache-revalidate must not be negative")
+        try:
+            cache_size = _size(self["cache-size"])
+        except ValueError:
+            raise usage.UsageError("--cache-size takes a size such as 512M or 20G")
+        return dict(reactor=_reactor(), http_timeout=self["http-timeout"], cache_dir=self["cache-dir"],
+                    cache_size=cache_size, cache_revalidate=self["cache-revalidate"])
+
+    def _rules(self) -> List[remap.Rule]:
+        try:
+            return remap.load_rules(self["remap"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
 
 
-def makeService(options: Any) -> TFTPService:
+def _reactor() -> Any:
     from twisted.internet import reactor  # the application's reactor, chosen by twistd
+    return reactor
+
+
+def makeService(options: Any) -> Service:
+    """The TFTPService; with ``--metrics``, a MultiService of it and the metrics web server."""
+    reactor = _reactor()
 
     if options["verbose"]:
         from txfbtftp.logs import set_level
         set_level("debug")
-    return TFTPService(options["backend_obj"], reactor, options["port"], options["interfaces"],
-                       options["config"])
+    interval = options["stats-interval"]
+    metrics = None
+    if options["metrics"]:
+        from txfbtftp.metrics import Metrics, MetricsService
+        metrics = Metrics(path_classes=options["path_classes"])
+    tftp = TFTPService(options["backend_obj"], reactor, options["port"], options["interfaces"],
+                       options["config"], server_stats_callback=log_server_stats if interval else None,
+                       stats_interval=interval, metrics=metrics)
+    if metrics is None:
+        return tftp
+    top = MultiService()
+    tftp.setServiceParent(top)
+    MetricsService(serverFromString(reactor, options["metrics"]), metrics.registry).setServiceParent(top)
+    return top

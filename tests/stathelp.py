@@ -1,0 +1,73 @@
+"""Helpers shared by the statistics and metrics tests."""
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from txfbtftp.backends.fs import FilesystemBackend
+from txfbtftp.config import ServerConfig
+from txfbtftp.service import TFTPService
+
+
+@pytest.fixture
+def service(root):
+    """``service(reactor=..., config=ServerConfig(...), **TFTPService keywords)`` on 127.0.0.1."""
+    started = []
+
+    def start(reactor=reactor, config=None, **kw):
+        backend = FilesystemBackend(str(root), writable=True)
+        svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], config or ServerConfig(dally=0.05), **kw)
+        svc.startService()
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        if svc.running:
+            pytest_twisted.blockon(svc.stopService())
+
+
+def addr(svc):
+    return ("127.0.0.1", svc.bound_port)
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def wait_for(items, n=1):
+    """Until ``items`` holds ``n`` entries (sessions end a moment after the client's last packet)."""
+    for _ in range(200):
+        if len(items) >= n:
+            return
+        yield sleep(0.01)
+    raise AssertionError("only %d of %d" % (len(items), n))
+
+
+def check_times(rec, exact_duration=None, first=True):
+    """The wall-clock and reactor-clock fields are consistent; returns the rest of the record."""
+    d = rec.as_dict()
+    started, ended = d.pop("started_at"), d.pop("ended_at")
+    duration, ttfp = d.pop("duration"), d.pop("time_to_first_packet")
+    assert started <= ended <= time.time() and time.time() - started < 30
+    if exact_duration is not None:
+        assert duration == pytest.approx(exact_duration)
+    else:
+        assert 0 <= duration < 5
+    if first:
+        assert ttfp is not None and 0 <= ttfp <= duration
+    else:
+        assert ttfp is None
+    return d
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
