@@ -27,7 +27,7 @@ from txfbtftp.options import negotiate
 from txfbtftp.schedule import RTOEstimator, Watchdog
 from txfbtftp.session import Outcome, ReadMachine, State, WriteMachine
 from txfbtftp.stats import ServerStats
-from txfbtftp.udp import ListeningPort, PortRange, SessionSockets, natural
+from txfbtftp.udp import MAX_DATAGRAM, ListeningPort, PortRange, SessionSockets, natural
 
 
 Local = Optional[Tuple[str, int]]
@@ -436,8 +436,30 @@ class Session:
         now = self.reactor.seconds()
         m = self.machine
         if m.deadline is not None and now >= m.deadline:
-            m.timeout(now)
+            self._drain()
+            if self._closed:
+                return
+            if m.deadline is not None and now >= m.deadline:
+                m.timeout(now)
         self._after(now)
+
+    def _drain(self) -> None:
+        """Read what already waits in our socket before deciding it was lost.
+
+        Under load the answer is often there, unread: retransmitting then
+        only adds work for a busy server.
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(64):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except OSError:
+                return
+            self.datagramReceived(data, addr)
+            if self._closed:
+                return
 
     def abandon(self, why: str) -> None:
         """End without a word to the client."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import resource
 from typing import Any, Callable, List, Optional, Sequence
 
 from twisted.application.service import Service
@@ -13,6 +14,19 @@ from txfbtftp.server import Session, TFTPProtocol
 from txfbtftp.stats import ServerStats, SessionRecord
 from txfbtftp.udp import ListeningPort, SessionSockets
 
+
+
+def raise_fd_limit() -> int:
+    """Every session holds a socket: lift the soft open-file limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class TFTPService(Service):
@@ -56,12 +70,15 @@ class TFTPService(Service):
 
     def startService(self) -> None:
         super().startService()
+        raise_fd_limit()
         cfg = self.config
         if not cfg.single_port:
             self.sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
         for iface in self.interfaces:
             proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets, self.stats)
             lp = self._listen(proto, iface)
+            if self.sockets is not None:
+                self.sockets.watch(lp)
             self.protocols.append(proto)
             self.listening.append(lp)
             log.info("TFTP server listening on {iface} port {port}", iface=iface, port=lp.getHost().port)

@@ -63,8 +63,12 @@ class ListeningPort(udp.Port):
         super().__init__(port, proto, interface, MAX_DATAGRAM, reactor)
         self._reuse_port = reuse_port
 
+    #: Room for a rack's worth of simultaneous requests (a boot storm).
+    RECEIVE_BUFFER = 8 << 20
+
     def createInternetSocket(self) -> socket.socket:
         skt = super().createInternetSocket()
+        _set_receive_buffer(skt, self.RECEIVE_BUFFER)
         if self._reuse_port:
             skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.addressFamily == socket.AF_INET6:
@@ -79,7 +83,7 @@ class ListeningPort(udp.Port):
     def doRead(self) -> None:
         recvmsg = self.socket.recvmsg
         deliver = self.protocol.packetReceived
-        for _ in range(256):
+        for _ in range(64):
             try:
                 data, anc, _flags, addr = recvmsg(MAX_DATAGRAM, _CMSG_SPACE)
             except OSError as e:
@@ -108,6 +112,16 @@ class ListeningPort(udp.Port):
         self.socket.sendmsg([data], anc, 0, addr)
 
 
+def _set_receive_buffer(skt: socket.socket, size: int) -> None:
+    """As large as allowed: SO_RCVBUFFORCE passes rmem_max when privileged."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+        try:
+            skt.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError:
+            continue
+
+
 def _destination(ancillary: list) -> Optional[Tuple[str, int]]:
     for level, kind, payload in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
@@ -129,11 +143,21 @@ class SessionSockets:
         self.busy_poll = busy_poll
         self.time_slice = time_slice
         self._ep = select.epoll()
-        self._handlers: Dict[int, Tuple[socket.socket, Handler]] = {}
+        self._handlers: Dict[int, Tuple[Optional[socket.socket], Any]] = {}
         reactor.addReader(self)
 
-    def __len__(self) -> int:
-        return len(self._handlers)
+    def watch(self, reader: Any) -> None:
+        """Also serve ``reader`` (a listening port) from inside the loop, so
+        new requests are not kept waiting while sessions stream."""
+        fd = reader.fileno()
+        self._handlers[fd] = (None, reader.doRead)
+        self._ep.register(fd, select.EPOLLIN)
+
+    def unwatch(self, reader: Any) -> None:
+        fd = reader.fileno()
+        if self._handlers.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+
 
     def open(self, family: int, host: str, ports: Iterable[int], handler: Handler,
              scope_id: int = 0) -> Tuple[socket.socket, int]:
@@ -185,8 +209,12 @@ class SessionSockets:
                     entry = handlers.get(fd)
                     if entry is None:
                         continue
+                    sock = entry[0]
+                    if sock is None:
+                        entry[1]()
+                        continue
                     try:
-                        data, addr = entry[0].recvfrom(MAX_DATAGRAM)
+                        data, addr = sock.recvfrom(MAX_DATAGRAM)
                     except OSError:
                         continue  # EAGAIN, or an ICMP error queued on the socket
                     try:
@@ -207,7 +235,9 @@ class SessionSockets:
     def shutdown(self) -> None:
         self.reactor.removeReader(self)
         for sock, _ in list(self._handlers.values()):
-            self.close(sock)
+            if sock is not None:
+                self.close(sock)
+        self._handlers.clear()
         self._ep.close()
 
 
