@@ -29,3 +29,13 @@ class ServerConfig:
     busy_poll: float = 0.0002
     #: The longest the session sockets keep the reactor waiting.
     time_slice: float = 0.005
+    #: Admission control (txfbtftp.admission): active sessions at most (0:
+    #: no limit), how many requests may wait for a slot, how many sessions
+    #: one client address may have (0: no limit), and how long a queued
+    #: client that stopped repeating its request keeps its place.
+    max_sessions: int = 0
+    max_queue: int = 1024
+    max_sessions_per_client: int = 0
+    max_queue_wait: float = 30.0
+    #: Share the listening port(s) with other processes (SO_REUSEPORT).
+    reuse_port: bool = False

@@ -138,7 +138,7 @@ class _ServerCollector:
     def collect(self) -> Iterator[Metric]:
         servers = self._servers
         yield GaugeMetricFamily("tftp_sessions_active", "Sessions in progress.",
-                                value=sum(s.active for s in servers))
+                                value=sum(s.sessions_active for s in servers))
         for name, text in self._TOTALS:
             yield CounterMetricFamily("tftp_" + name, text, value=sum(s.totals[name] for s in servers))
 

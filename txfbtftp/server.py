@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -19,6 +19,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
 from txfbtftp import errors, packet
+from txfbtftp.admission import Admission, Verdict
 from txfbtftp.config import ServerConfig
 from txfbtftp.logs import log
 from txfbtftp.interfaces import TransferRequest
@@ -31,6 +32,7 @@ from txfbtftp.udp import MAX_DATAGRAM, ListeningPort, PortRange, SessionSockets,
 
 
 Local = Optional[Tuple[str, int]]
+BUSY = "Server busy, try again later"
 _MODES = ("octet", "netascii")
 
 
@@ -65,10 +67,14 @@ class TFTPProtocol(DatagramProtocol):
     """
 
     noisy = False
+    #: Single-port mode: how many recently ended sessions are remembered, so
+    #: their late packets are dropped instead of answered with ERROR 4.
+    recent_limit = 4096
 
     def __init__(self, backend: Any, reactor: Any, config: ServerConfig = ServerConfig(),
                  on_session_end: Optional[Callable[["Session"], None]] = None,
-                 sockets: Optional[SessionSockets] = None, stats: Optional[ServerStats] = None) -> None:
+                 sockets: Optional[SessionSockets] = None, stats: Optional[ServerStats] = None,
+                 admission: Optional[Admission] = None) -> None:
         self.backend = backend
         self.stats = stats if stats is not None else ServerStats(clock=reactor.seconds)
         self.reactor = reactor
@@ -78,6 +84,9 @@ class TFTPProtocol(DatagramProtocol):
         self.sessions: Dict[Tuple[str, int], Session] = {}
         self.ports = PortRange(*config.port_range) if config.port_range else None
         self.log_limiter = LogLimiter(reactor.seconds)
+        self._ended: "OrderedDict[Tuple[str, int], float]" = OrderedDict()
+        self.admission = admission if admission is not None else Admission(
+            config.max_sessions, config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
 
     # Twisted calls this under listenUDP; ListeningPort calls packetReceived.
     def datagramReceived(self, data: bytes, addr: Tuple) -> None:
@@ -94,6 +103,8 @@ class TFTPProtocol(DatagramProtocol):
             if session is not None:
                 session.receive(data)
                 return
+            if self._ended_recently(key):
+                return  # a late ACK or a repeated last DATA: the client is done, so are we
         if op == packet.ERROR:
             return
         self._note_bad(key, "unexpected packet (opcode %s) on the listening port" % op)
@@ -111,6 +122,14 @@ class TFTPProtocol(DatagramProtocol):
             if not existing.established and existing.request.raw == data:
                 return  # a retransmitted request: the session answers it
             existing.abandon("client sent a new request")
+        verdict = self.admission.offer(key, lambda: self._start(req, addr, key, local), self.reactor.seconds())
+        if verdict is Verdict.BUSY:
+            self.stats.increment_counter("requests_refused_busy")
+            self.reply_error(addr, local, packet.ERR_UNDEFINED, BUSY)
+        elif verdict is Verdict.QUEUED:
+            self.stats.increment_counter("requests_queued")
+
+    def _start(self, req: packet.Request, addr: Tuple, key: Tuple[str, int], local: Local) -> None:
         session = Session(self, req, addr, key, local)
         self.sessions[key] = session
         self.stats.session_started()
@@ -142,6 +161,9 @@ class TFTPProtocol(DatagramProtocol):
     def session_ended(self, session: "Session") -> None:
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
+        if self.config.single_port:
+            self._remember_ended(session.key)
+        self.admission.release(session.key[0], self.reactor.seconds())
         if self.ports is not None and session.port_number is not None:
             self.ports.in_use.discard(session.port_number)
         session.record = self.stats.session_ended(session, self.reactor.seconds())
@@ -151,7 +173,27 @@ class TFTPProtocol(DatagramProtocol):
             except Exception:
                 log.failure("session-end callback failed")
 
+    def _remember_ended(self, key: Tuple[str, int]) -> None:
+        """For as long as a client may still be retransmitting (the watchdog's
+        patience), and for at most ``recent_limit`` clients."""
+        ended = self._ended
+        now = self.reactor.seconds()
+        ended.pop(key, None)
+        ended[key] = now + self.config.schedule.total
+        while ended and (len(ended) > self.recent_limit or next(iter(ended.values())) <= now):
+            ended.popitem(last=False)
+
+    def _ended_recently(self, key: Tuple[str, int]) -> bool:
+        expiry = self._ended.get(key)
+        if expiry is None:
+            return False
+        if expiry > self.reactor.seconds():
+            return True
+        del self._ended[key]
+        return False
+
     def stop_sessions(self) -> None:
+        self.admission.clear()
         for session in list(self.sessions.values()):
             session.abandon("server stopping")
 
@@ -237,7 +279,7 @@ class Session:
             self._sock = srv.open_socket(self)
             if self._sock is None:
                 srv.stats.increment_counter("requests_refused_busy")
-                srv.reply_error(self._dest, self.local, packet.ERR_UNDEFINED, "Server busy, try again later")
+                srv.reply_error(self._dest, self.local, packet.ERR_UNDEFINED, BUSY)
                 self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
                 return
         if req.mode not in _MODES:

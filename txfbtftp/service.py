@@ -8,6 +8,7 @@ from typing import Any, Callable, List, Optional, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import DeferredList
 
+from txfbtftp.admission import Admission
 from txfbtftp.config import ServerConfig
 from txfbtftp.logs import log
 from txfbtftp.server import Session, TFTPProtocol
@@ -72,10 +73,12 @@ class TFTPService(Service):
         super().startService()
         raise_fd_limit()
         cfg = self.config
+        self.admission = Admission(cfg.max_sessions, cfg.max_queue, cfg.max_sessions_per_client, cfg.max_queue_wait)
         if not cfg.single_port:
             self.sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
         for iface in self.interfaces:
-            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets, self.stats)
+            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets, self.stats,
+                                 self.admission)
             lp = self._listen(proto, iface)
             if self.sockets is not None:
                 self.sockets.watch(lp)
@@ -86,14 +89,14 @@ class TFTPService(Service):
             self.stats.start_reporting(self.reactor, self.server_stats_callback)
 
     def _listen(self, proto: TFTPProtocol, iface: str) -> ListeningPort:
-        lp = ListeningPort(self.port, proto, iface, self.reactor)
+        lp = ListeningPort(self.port, proto, iface, self.reactor, self.config.reuse_port)
         try:
             lp.startListening()
         except OSError as e:
             if iface != "::" or e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
             log.warn("IPv6 unavailable ({err}); listening on 0.0.0.0 instead", err=e)
-            lp = ListeningPort(self.port, proto, "0.0.0.0", self.reactor)
+            lp = ListeningPort(self.port, proto, "0.0.0.0", self.reactor, self.config.reuse_port)
             lp.startListening()
         return lp
 

@@ -177,8 +177,9 @@ class ServerStats:
         self._counters: Counter = Counter()
         #: Every counter since start; never reset.
         self.totals: Counter = Counter()
-        #: Sessions in progress.
+        #: Sessions in progress here, and in each worker process (``--workers``).
         self.active = 0
+        self.peers_active: Dict[Any, int] = {}
         #: Called with each :class:`SessionRecord`; one that raises is logged and skipped.
         self.session_listeners: List[SessionListener] = []
         self._loop: Optional[LoopingCall] = None
@@ -217,8 +218,12 @@ class ServerStats:
         """Seconds since these statistics started."""
         return self._clock() - self.start_time
 
+    @property
+    def sessions_active(self) -> int:
+        return self.active + sum(self.peers_active.values())
+
     def get_gauges(self) -> Dict[str, int]:
-        return {"sessions_active": self.active}
+        return {"sessions_active": self.sessions_active}
 
     # -- what the server reports -------------------------------------------------------
     def session_started(self) -> None:
@@ -299,7 +304,7 @@ def log_server_stats(stats: ServerStats) -> None:
     log.info("stats: {started} sessions started, {completed} completed, {failed} failed, "
              "{active} active; {sent} bytes sent, {retransmits} retransmissions",
              started=counters.get("sessions_started", 0), completed=counters.get("sessions_completed", 0),
-             active=stats.active,
+             active=stats.sessions_active,
              failed=sum(v for k, v in counters.items() if k.startswith("sessions_failed_")),
              sent=counters.get("bytes_sent", 0), retransmits=counters.get("retransmits", 0),
              interval=stats.interval, counters=fields)

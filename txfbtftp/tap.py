@@ -56,6 +56,13 @@ class Options(usage.Options):
         ["max-windowsize", None, 64, "Largest RFC 7440 window granted.", int],
         ["max-upload-size", None, None, "Largest upload accepted, bytes (K, M, G suffixes)."],
         ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls)."],
+        ["max-sessions", None, 0, "Active transfers at most; more wait in a FIFO queue (0: no limit).", int],
+        ["max-queue", None, 1024, "Requests that may wait for a slot; beyond, ERROR 0 'server busy'.", int],
+        ["max-sessions-per-client", None, 0, "Active transfers per client address (0: no limit).", int],
+        ["queue-wait", None, 30.0, "Seconds a queued client keeps its place without repeating its request.",
+         float],
+        ["busy-poll", None, 200, "Microseconds to keep polling session sockets after traffic (0: off).", int],
+        ["workers", None, 1, "Processes serving the port(s) together (SO_REUSEPORT).", int],
         ["stats-interval", None, 60.0, "Seconds between statistics lines in the log (0: none).", float],
         ["metrics", None, None, "Serve Prometheus /metrics on this endpoint, e.g. tcp:9469."],
         ["log-format", None, "text", "text, or json: one JSON object per line on standard output."],
@@ -70,9 +77,14 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        self["argv"] = []
         self["interfaces"] = []
         self["backends"] = []
         self["path_class_rules"] = []
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        self["argv"] = list(sys.argv[1:] if options is None else options)  # for --workers
+        super().parseOptions(options)
 
     def opt_backend(self, value: str) -> None:
         """Where files come from, SCHEME:ARG (e.g. fs:/srv/tftp); repeat to chain several."""
@@ -121,9 +133,19 @@ class Options(usage.Options):
                 raise usage.UsageError("--port-range takes LOW:HIGH, e.g. 50000:50999")
         if self["rto-min"] <= 0:
             raise usage.UsageError("--rto-min must be positive")
+        for name in ("max-sessions", "max-queue", "max-sessions-per-client", "busy-poll"):
+            if self[name] < 0:
+                raise usage.UsageError("--%s must not be negative" % name)
+        if self["queue-wait"] <= 0:
+            raise usage.UsageError("--queue-wait must be positive")
+        if not 1 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be within 1..256")
         self["config"] = ServerConfig(
             limits=self["limits"], schedule=self["schedule"], adaptive=not self["no-adaptive"],
-            rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"])
+            rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"],
+            busy_poll=self["busy-poll"] / 1e6, max_sessions=self["max-sessions"], max_queue=self["max-queue"],
+            max_sessions_per_client=self["max-sessions-per-client"], max_queue_wait=self["queue-wait"],
+            reuse_port=self["workers"] > 1)
         try:
             chain = [backends.from_spec(spec, writable=self["writable"], overwrite=self["overwrite"],
                                         **self._fetch_settings())
@@ -203,9 +225,14 @@ def makeService(options: Any) -> Service:
     tftp = TFTPService(options["backend_obj"], reactor, options["port"], options["interfaces"],
                        options["config"], server_stats_callback=log_server_stats if interval else None,
                        stats_interval=interval, metrics=metrics)
-    if metrics is None:
+    if metrics is None and options["workers"] == 1:
         return tftp
     top = MultiService()
     tftp.setServiceParent(top)
-    MetricsService(serverFromString(reactor, options["metrics"]), metrics.registry).setServiceParent(top)
+    if options["workers"] > 1:
+        from txfbtftp.workers import WorkerPool
+        WorkerPool(reactor, options["argv"], options["workers"], tftp.stats,
+                   port=lambda: tftp.bound_port).setServiceParent(top)
+    if metrics is not None:
+        MetricsService(serverFromString(reactor, options["metrics"]), metrics.registry).setServiceParent(top)
     return top

@@ -96,7 +96,13 @@ class ListeningPort(udp.Port):
                 log.err(None, "error handling a datagram from %r" % (addr,))
 
     def send_from(self, data: bytes, addr: Tuple, local: Optional[Tuple[str, int]]) -> None:
-        """Send ``data`` to ``addr`` from the local address ``local``."""
+        """Send ``data`` to ``addr`` from the local address ``local``.
+
+        ``addr`` may name an IPv4 peer in natural form; a dual-stack socket
+        only reaches it by its mapped address.
+        """
+        if self.addressFamily == socket.AF_INET6 and ":" not in addr[0]:
+            addr = ("::ffff:" + addr[0], addr[1], 0, 0)
         if local is None:
             self.socket.sendto(data, addr)
             return

@@ -1,0 +1,93 @@
+"""``--workers``: several processes serve one port, and their statistics add up."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from .rawclient import download, listen
+
+TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "txfbtftp.workers"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.fixture
+def cluster(root, tmp_path):
+    port, metrics = free_port(), free_port(socket.SOCK_STREAM)
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "tftp", "--backend", "fs:%s" % root, "--port", str(port),
+                                      "--interface", "127.0.0.1", "--workers", "2", "--metrics", "tcp:%d" % metrics,
+                                      "--stats-interval", "0"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), start_new_session=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        text = (tmp_path / "server.log").read_text(errors="replace")
+        if "worker 1:" in text and "listening" in text.split("worker 1:", 1)[1]:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("server did not start:\n" + (tmp_path / "server.log").read_text(errors="replace"))
+    yield port, metrics, tmp_path / "server.log", proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_workers_serve_concurrently_and_statistics_add_up(cluster, root):
+    port, metrics, logfile, proc = cluster
+    clients = [listen() for _ in range(40)]
+    pending = [download(c, ("127.0.0.1", port), "small.bin", {"blksize": "1468"}) for c in clients]
+    for d in pending:
+        data, _, _ = yield d
+        assert data == (root / "small.bin").read_bytes()
+    for c in clients:
+        yield c.close()
+    yield deferLater(reactor, 1.5, lambda: None)  # workers report twice a second
+    lines = [l for l in logfile.read_text(errors="replace").splitlines() if "RRQ 'small.bin'" in l]
+    by_worker = sum("worker 1:" in l for l in lines)
+    assert len(lines) == 40 and 0 < by_worker < 40, "both processes served: %d of 40 by the worker" % by_worker
+    body = yield (yield treq.get("http://127.0.0.1:%d/metrics" % metrics)).text()
+    started = re.search(r"^tftp_sessions_started_total (\S+)$", body, re.M)
+    assert started and float(started.group(1)) == 40
+    done = re.findall(r'^tftp_sessions_total\{[^}]*outcome="ok"[^}]*\} (\S+)$', body, re.M)
+    assert sum(float(x) for x in done) == 40
+
+
+def test_a_worker_that_dies_is_restarted(cluster):
+    port, metrics, logfile, proc = cluster
+    workers = children(proc.pid)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if "restarting" in logfile.read_text(errors="replace"):
+            if [p for p in children(proc.pid) if p != workers[0]]:
+                return
+        time.sleep(0.1)
+    pytest.fail("worker not restarted:\n" + logfile.read_text(errors="replace")[-2000:])
