@@ -129,3 +129,42 @@ def test_no_limit_by_default(serve, root):
         assert data == (root / "small.bin").read_bytes()
     for c in clients:
         yield c.close()
+
+
+def test_sessions_ending_inside_start_do_not_break_the_queue():
+    adm = Admission(max_sessions=1)
+    started = []
+
+    def fails_at_once(name, host):
+        def start():
+            started.append(name)
+            adm.release(host, 1)
+        return start
+
+    adm.offer(("a", 1), lambda: started.append("a"), 0)
+    adm.offer(("b", 1), fails_at_once("b", "b"), 0)
+    adm.offer(("c", 1), fails_at_once("c", "c"), 0)
+    adm.offer(("d", 1), lambda: started.append("d"), 0)
+    adm.release("a", 1)
+    assert started == ["a", "b", "c", "d"] and adm.active == 1 and adm.queued == 0
+
+
+def test_expired_waiters_do_not_fill_the_queue():
+    adm = Admission(max_sessions=1, max_queue=2, max_wait=5)
+    adm.offer(("a", 1), lambda: None, 0)
+    adm.offer(("b", 1), lambda: None, 0)
+    adm.offer(("c", 1), lambda: None, 0)
+    assert adm.offer(("d", 1), lambda: None, 100) is Verdict.QUEUED
+
+
+def test_a_worker_printing_json_that_is_not_an_object_is_just_logged():
+    from twisted.internet.task import Clock
+
+    from txfbtftp.stats import ServerStats
+    from txfbtftp.workers import WorkerPool
+
+    pool = WorkerPool(Clock(), [], 2, ServerStats())
+    for line in (b"42", b"null", b"[1]", b"not json"):
+        pool.report(1, line)
+    pool.report(1, b'{"counters": {"sessions_started": 3}, "active": 2}')
+    assert pool.stats.get_counter("sessions_started") == 3 and pool.stats.sessions_active == 2

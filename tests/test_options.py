@@ -75,3 +75,8 @@ def test_limits_validate():
         Limits(max_blksize=7)
     with pytest.raises(ValueError):
         Limits(max_windowsize=0)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "\u0661\u0662"])
+def test_odd_digits_are_ignored_not_fatal(value):
+    assert negotiate(req(blksize=value, windowsize=value, timeout=value), Limits(), None).accepted == {}

@@ -369,3 +369,50 @@ def test_deferred_backend_and_reader(serve):
     yield sleep(0.05)
     assert readers[0].closed
     yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_backend_that_never_answers_is_given_up_on(serve):
+    from twisted.internet.defer import Deferred
+    from zope.interface import implementer
+
+    from txfbtftp.interfaces import IBackend
+
+    @implementer(IBackend)
+    class Silent:
+        def get_reader(self, path, request):
+            return Deferred()
+
+        get_writer = get_reader
+
+    ended = []
+    svc = serve(backend=Silent(), schedule=Schedule.parse("0.1,0.1"), on_session_end=ended.append)
+    c = listen()
+    c.send(packet.request(packet.RRQ, "x", "octet"), addr(svc))
+    data, _ = yield c.recv(2)
+    assert packet.parse_error(data) == packet.Error(0, "Timed out fetching the file")
+    yield sleep(0.05)
+    assert svc.sessions == {} and len(ended) == 1 and svc.stats.active == 0
+    yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_queued_requests_that_fail_at_once_release_their_slots(serve, root):
+    """Admission must not trip over sessions that end inside their own start."""
+    ended = []
+    svc = serve(max_sessions=1, on_session_end=ended.append)
+    a, b, c = listen(), listen(), listen()
+    a.send(packet.request(packet.RRQ, "small.bin", "octet"), addr(svc))
+    data, tid = yield a.recv()
+    for x in (b, c):
+        x.send(packet.request(packet.RRQ, "missing-%d" % id(x), "octet"), addr(svc))
+    yield sleep(0.05)
+    assert svc.admission.queued == 2
+    a.send(packet.error(0, "bye"), tid)  # frees the slot: both queued requests fail at once
+    for x in (b, c):
+        data, _ = yield x.recv()
+        assert packet.parse_error(data).code == packet.ERR_NOT_FOUND
+    yield sleep(0.05)
+    assert len(ended) == 3 and svc.stats.active == 0 and svc.admission.active == 0
+    for x in (a, b, c):
+        yield x.close()

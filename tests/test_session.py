@@ -336,3 +336,45 @@ def test_oversized_data_is_illegal():
     m.start(0)
     m.receive(packet.data(1, bytes(600)), 0.1)
     assert m.error_code == 4 and got == []
+
+
+def test_stale_ack_with_rollover_1_is_a_duplicate():
+    oack = packet.oack({"windowsize": "4", "rollover": "1"})
+    m, out, pump = reader(bytes(512 * 20), windowsize=4, oack=oack, rollover=1)
+    m.start(0)
+    m.receive(ack(0), 0.1)
+    pump(0.1)
+    m.receive(ack(4), 0.2)
+    pump(0.2)
+    out.take()
+    m.receive(ack(3), 0.21)  # reordered, older
+    assert out.take() == [] and m._acked == 4 and m.duplicates == 1
+
+
+def test_padded_ack_is_an_ack():
+    m, out, pump = reader(b"a" * 10)
+    m.start(0)
+    pump(0)
+    m.receive(ack(1) + b"\x00\x00", 0.1)
+    assert m.outcome is Outcome.OK
+
+
+def test_receiver_timeout_acks_the_last_in_order_block():
+    oack = packet.oack({"windowsize": "4"})
+    m, out, got = writer(windowsize=4, oack=oack)
+    m.start(0)
+    for n in (1, 2, 3, 4, 5, 6):
+        m.receive(packet.data(n, bytes(512)), 0.1)
+    out.take()
+    m.timeout(m.deadline)  # 7 and 8 lost: tell the sender to resume at 7
+    assert out.take().blocks(packet.ACK) == [6]
+
+
+def test_nothing_but_data_matters_while_dallying():
+    m, out, got = writer()
+    m.start(0)
+    m.receive(packet.data(1, b"x"), 0.1)
+    m.committed(0.2)
+    out.take()
+    m.receive(packet.ack(1), 0.3)
+    assert out == [] and m.outcome is Outcome.OK

@@ -37,6 +37,7 @@ class Admission:
         self.active = 0
         self._by_client: Dict[str, int] = {}
         self._queue: "OrderedDict[Key, list]" = OrderedDict()
+        self._admitting = False
 
     @property
     def queued(self) -> int:
@@ -58,7 +59,9 @@ class Admission:
             start()
             return Verdict.START
         if len(self._queue) >= self.max_queue:
-            return Verdict.BUSY
+            self._expire(now)
+            if len(self._queue) >= self.max_queue:
+                return Verdict.BUSY
         self._queue[key] = [start, now]
         self._admit(now)
         return Verdict.QUEUED if key in self._queue else Verdict.START
@@ -81,15 +84,24 @@ class Admission:
         self.active += 1
         self._by_client[host] = self._by_client.get(host, 0) + 1
 
+    def _expire(self, now: float) -> None:
+        for key in [k for k, (_, seen) in self._queue.items() if now - seen > self.max_wait]:
+            del self._queue[key]
+
     def _admit(self, now: float) -> None:
-        for key in list(self._queue):
-            if self.max_sessions and self.active >= self.max_sessions:
-                return
-            start, seen = self._queue[key]
-            if now - seen > self.max_wait:
-                del self._queue[key]
-                continue
-            if self._room(key[0]):
-                del self._queue[key]
+        # A started session may end at once (file not found) and release its
+        # slot from inside start(): the outer call keeps admitting instead.
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            self._expire(now)
+            while self._queue and not (self.max_sessions and self.active >= self.max_sessions):
+                key = next((k for k in self._queue if self._room(k[0])), None)
+                if key is None:
+                    return
+                start, _ = self._queue.pop(key)
                 self._begin(key[0])
                 start()
+        finally:
+            self._admitting = False

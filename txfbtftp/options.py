@@ -48,7 +48,7 @@ class Negotiated:
 
 def _int(value: str) -> Optional[int]:
     value = value.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
         return None
     return int(value)
 

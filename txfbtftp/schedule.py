@@ -24,8 +24,8 @@ class Schedule:
     waits: Tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not self.waits or any(w <= 0 for w in self.waits):
-            raise ValueError("a schedule needs at least one positive wait")
+        if not self.waits or not all(0 < w < float("inf") for w in self.waits):
+            raise ValueError("a schedule needs at least one positive, finite wait")
 
     @classmethod
     def parse(cls, spec: str) -> "Schedule":

@@ -54,6 +54,7 @@ class LogLimiter:
             return False
         if len(self._last) >= self._size:
             self._last.clear()
+            self.suppressed.clear()
         self._last[source] = now
         return True
 
@@ -159,11 +160,16 @@ class TFTPProtocol(DatagramProtocol):
             pass
 
     def session_ended(self, session: "Session") -> None:
+        try:
+            self._account(session)
+        finally:
+            self.admission.release(session.key[0], self.reactor.seconds())
+
+    def _account(self, session: "Session") -> None:
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
         if self.config.single_port:
             self._remember_ended(session.key)
-        self.admission.release(session.key[0], self.reactor.seconds())
         if self.ports is not None and session.port_number is not None:
             self.ports.in_use.discard(session.port_number)
         session.record = self.stats.session_ended(session, self.reactor.seconds())
@@ -251,8 +257,11 @@ class Session:
         self.ended_at: Optional[float] = None
         self._timer: Any = None
         self._pending: Optional[Deferred] = None
+        self._stall: Any = None
         self._queue: Deque[bytes] = deque()
         self._closed = False
+        #: The session's :class:`txfbtftp.stats.SessionRecord`, once it has ended.
+        self.record: Any = None
 
     # -- the record's view --------------------------------------------------
     @property
@@ -288,12 +297,12 @@ class Session:
         backend = srv.backend
         method = backend.get_reader if req.is_read else backend.get_writer
         d = maybeDeferred(method, req.filename, self.transfer_request)
-        self._pending = d
+        self._wait_for(d)
         d.addCallbacks(self._opened, self._open_failed)
         d.addErrback(self._crashed)
 
     def _opened(self, handle: Any) -> None:
-        self._pending = None
+        self._done_waiting()
         if self._closed:
             (handle.close if self.request.is_read else handle.abort)()
             return
@@ -326,7 +335,7 @@ class Session:
         self._after(now)
 
     def _open_failed(self, failure: Failure) -> None:
-        self._pending = None
+        self._done_waiting()
         if self._closed:
             return
         code, message, expected = errors.to_tftp(failure.value)
@@ -388,18 +397,28 @@ class Session:
                 data = read(bs)
                 if type(data) is not bytes:
                     if isinstance(data, Deferred):
-                        self._pending = data
-                        data.addCallbacks(self._read_done, self._io_failed)
-                        data.addErrback(self._crashed)
-                        return
+                        box: list = []
+                        data.addBoth(box.append)
+                        if not box:  # not there yet: continue when it is
+                            self._wait_for(data)
+                            data.addCallback(lambda _: self._read_done(box[0]))
+                            data.addErrback(self._crashed)
+                            return
+                        data = box[0]  # already fired: no recursion through callbacks
+                        if isinstance(data, Failure):
+                            self._io_failed(data)
+                            return
                     data = bytes(data)
                 m.feed(data, now)
         except Exception:
             self._io_failed(Failure())
 
-    def _read_done(self, data: bytes) -> None:
-        self._pending = None
+    def _read_done(self, data: Any) -> None:
+        self._done_waiting()
         if self._closed:
+            return
+        if isinstance(data, Failure):
+            self._io_failed(data)
             return
         now = self.reactor.seconds()
         self.machine.feed(bytes(data), now)
@@ -417,11 +436,11 @@ class Session:
             self._io_failed(Failure())
             return
         if isinstance(result, Deferred):
-            self._pending = result
+            self._wait_for(result)
             result.addCallbacks(self._written, self._io_failed)
 
     def _written(self, _: Any) -> None:
-        self._pending = None
+        self._done_waiting()
         while self._queue and not self._closed:
             self._deliver(self._queue.popleft())
             if self._pending is not None:
@@ -432,10 +451,10 @@ class Session:
 
     def _commit(self) -> None:
         d = maybeDeferred(self.writer.commit)
-        self._pending = d
+        self._wait_for(d)
 
         def done(_: Any) -> None:
-            self._pending = None
+            self._done_waiting()
             if self._closed:
                 return
             now = self.reactor.seconds()
@@ -446,7 +465,7 @@ class Session:
         d.addErrback(self._crashed)
 
     def _io_failed(self, failure: Failure) -> None:
-        self._pending = None
+        self._done_waiting()
         if self._closed:
             return
         code, message, expected = errors.to_tftp(failure.value)
@@ -455,6 +474,36 @@ class Session:
                         path=self.request.filename, peer=_fmt(self.key))
         self.machine.fail(code, message)
         self._after(self.reactor.seconds())
+
+    def _wait_for(self, d: Deferred) -> None:
+        """``d`` (a backend call) must answer within the watchdog's patience."""
+        self._pending = d
+        patience = self.server.config.schedule.total
+        if self._stall is not None and self._stall.active():
+            self._stall.reset(patience)
+        else:
+            self._stall = self.reactor.callLater(patience, self._stalled)
+
+    def _done_waiting(self) -> None:
+        self._pending = None
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        d = self._pending
+        if self._closed or d is None:
+            return
+        self._pending = None
+        log.info("{peer} {path!r}: no answer from the backend in {s:.0f}s", peer=_fmt(self.key),
+                 path=self.request.filename, s=self.server.config.schedule.total)
+        if self.machine is None:
+            self._refuse(packet.ERR_UNDEFINED, "Timed out fetching the file")
+        else:
+            self.machine.fail(packet.ERR_UNDEFINED, "Timed out fetching the file")
+            self._after(self.reactor.seconds())
+        d.cancel()
 
     # -- time and the end -------------------------------------------------------
     def _after(self, now: float) -> None:
@@ -520,13 +569,17 @@ class Session:
         self._closed = True
         self.outcome, self.error_code, self.error_message = outcome, code, message
         self.ended_at = time.time()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.reader is not None:
-            self.reader.close()
-        if self.writer is not None and outcome is not Outcome.OK:
-            self.writer.abort()
+        for timer in (self._timer, self._stall):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._stall = None
+        try:
+            if self.reader is not None:
+                self.reader.close()
+            if self.writer is not None and outcome is not Outcome.OK:
+                self.writer.abort()
+        except Exception:
+            log.failure("closing the file of {peer} failed", peer=_fmt(self.key))
         if self._sock is not None:
             self.server.sockets.close(self._sock)
         self.server.session_ended(self)

@@ -208,7 +208,7 @@ class ReadMachine(_Machine):
         self.packets_received += 1
         if self.first_reply_at is None:
             self.first_reply_at = now
-        if len(data) == 4 and data[0] == 0 and data[1] == 4:
+        if len(data) >= 4 and data[0] == 0 and data[1] == 4:  # some clients pad their ACKs
             self._ack((data[2] << 8) | data[3], now)
         elif len(data) >= 2 and data[0] == 0 and data[1] == ERROR:
             self._peer_error(data)
@@ -221,7 +221,7 @@ class ReadMachine(_Machine):
             off: Optional[int] = (number - acked) & 0xFFFF
         else:
             off = block_offset(number, acked, self.rollover)
-        if off is None or off > self._sent - acked:
+        if off is None or off < 0 or off > self._sent - acked:
             self.duplicates += 1
             return
         self.established = True
@@ -315,7 +315,7 @@ class WriteMachine(_Machine):
             self._data((data[2] << 8) | data[3], data, now)
         elif len(data) >= 2 and data[0] == 0 and data[1] == ERROR:
             self._peer_error(data)
-        else:
+        elif self.state is not State.DALLYING:  # the upload already succeeded
             self._illegal("unexpected packet from the client")
 
     def _data(self, number: int, data: bytes, now: float) -> None:
@@ -328,7 +328,7 @@ class WriteMachine(_Machine):
             self.duplicates += 1
             if off == -1 and self.state is not State.COMMITTING:
                 self.retransmits += 1
-                self._emit(self._last_ack)
+                self._reack()
             return
         if self.state is not State.TRANSFER and self.state is not State.STARTING:
             return
@@ -382,4 +382,12 @@ class WriteMachine(_Machine):
             return
         self.deadline = now + wait
         self.retransmits += 1
-        self._emit(self._last_ack)
+        self._reack()
+
+    def _reack(self) -> None:
+        """Repeat our last word: the OACK (or ACK 0) until data flows, then an
+        ACK of the last in-order block, so the sender resumes right after it."""
+        if self._expected > 1:
+            self._send_ack(self._expected - 1)
+        else:
+            self._emit(self._last_ack)

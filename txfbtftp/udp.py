@@ -184,8 +184,12 @@ class SessionSockets:
                 err = e
                 continue
             fd = sock.fileno()
+            try:
+                self._ep.register(fd, select.EPOLLIN)
+            except (OSError, ValueError):
+                sock.close()
+                raise
             self._handlers[fd] = (sock, handler)
-            self._ep.register(fd, select.EPOLLIN)
             return sock, sock.getsockname()[1]
         raise err or OSError(errno.EADDRINUSE, "no free port")
 
@@ -217,7 +221,10 @@ class SessionSockets:
                         continue
                     sock = entry[0]
                     if sock is None:
-                        entry[1]()
+                        try:
+                            entry[1]()  # a listening port
+                        except Exception:
+                            log.err(None, "error reading a listening port")
                         continue
                     try:
                         data, addr = sock.recvfrom(MAX_DATAGRAM)

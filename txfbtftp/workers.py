@@ -83,17 +83,24 @@ class WorkerPool(Service):
         if not self.running:
             return
         worker = _Worker(self, n)
-        self.workers[n] = worker
         args = [self.executable, "-m", "txfbtftp.workers"] + self.argv
         if self.port is not None:
             args += ["--port", str(self.port())]  # the port the main process got, if it asked for 0
-        self.reactor.spawnProcess(worker, self.executable, args, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: "r", 2: "r"})
+        try:
+            self.reactor.spawnProcess(worker, self.executable, args, env=os.environ.copy(),
+                                      childFDs={0: "w", 1: "r", 2: "r"})
+        except Exception:
+            log.failure("cannot start worker {n}", n=n)
+            self._retry(n)
+            return
+        self.workers[n] = worker
 
     def report(self, n: int, line: bytes) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
+            msg = None
+        if not isinstance(msg, dict):  # a stray print from a backend, say
             log.info("worker {n}: {line}", n=n, line=line.decode("utf-8", "replace"))
             return
         stats = self.stats
@@ -116,9 +123,12 @@ class WorkerPool(Service):
             del self.workers[n]
         self.stats.peers_active.pop(n, None)
         if self.running:
+            log.warn("worker {n} exited ({reason}); restarting", n=n, reason=reason.value)
+            self._retry(n)
+
+    def _retry(self, n: int) -> None:
+        if self.running:
             delay = self._delay[n] = min(self._delay.get(n, 0.5) * 2, 30.0)
-            log.warn("worker {n} exited ({reason}); restarting in {delay:.0f}s",
-                     n=n, reason=reason.value, delay=delay)
             self._pending[n] = self.reactor.callLater(delay, self._spawn, n)
 
     def stopService(self) -> Any:
@@ -129,6 +139,8 @@ class WorkerPool(Service):
         self._pending.clear()
         waits = []
         for worker in list(self.workers.values()):
+            if worker.transport is None:
+                continue
             worker.ended = d = Deferred()
             waits.append(d)
             try:

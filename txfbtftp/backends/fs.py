@@ -111,12 +111,16 @@ class FileWriter:
             raise _os_error(e) from e
 
     def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
         try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
+            if not self._file.closed:
+                self._file.close()  # may fail again to flush (disk full): the unlink still runs
+        except OSError:
             pass
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
 
 
 def _os_error(e: OSError) -> errors.TFTPError:
@@ -152,26 +156,28 @@ class FilesystemBackend:
         if not rel or "\x00" in rel:
             raise errors.FileNotFound()
         full = os.path.realpath(os.path.join(self.root, rel))
-        if full != self.root and not full.startswith(self.root + os.sep):
+        if os.path.commonpath([self.root, full]) != self.root:
             raise errors.AccessViolation()
         return full
 
     def get_reader(self, path: str, request: TransferRequest) -> FileReader:
         full = self.resolve(path)
+        # Open first and ask the descriptor, so what is checked is what is
+        # read; O_NONBLOCK keeps a FIFO from stalling the reactor.
         try:
-            st = os.stat(full)
+            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
             raise _os_error(e) from e
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
             raise errors.AccessViolation("Not a regular file")
         key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         shared = self._open.get(key)
         if shared is None:
-            try:
-                fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except OSError as e:
-                raise _os_error(e) from e
             shared = self._open[key] = _SharedFile(fd)
+        else:
+            os.close(fd)
         shared.refs += 1
         return FileReader(self, key, shared.fd, st.st_size)
 

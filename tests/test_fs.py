@@ -1,0 +1,72 @@
+"""The filesystem backend on its own."""
+import errno
+import os
+
+import pytest
+
+from txfbtftp import errors
+from txfbtftp.backends.fs import FilesystemBackend
+from txfbtftp.interfaces import TransferRequest
+
+REQ = TransferRequest(path="x", client=("127.0.0.1", 1), local=("127.0.0.1", 69), mode="octet")
+
+
+def test_root_slash_serves_files():
+    assert FilesystemBackend("/").resolve("etc/hostname") == "/etc/hostname"
+
+
+def test_shared_descriptor_and_read_ahead(tmp_path):
+    data = os.urandom(100_000)
+    (tmp_path / "f").write_bytes(data)
+    fs = FilesystemBackend(str(tmp_path))
+    r1, r2 = fs.get_reader("f", REQ), fs.get_reader("/f", REQ)
+    assert r1._fd == r2._fd and len(fs._open) == 1
+    out = []
+    while True:
+        block = r1.read(1468)
+        out.append(block)
+        if len(block) < 1468:
+            break
+    assert b"".join(out) == data
+    r1.close()
+    r1.close()
+    assert len(fs._open) == 1
+    r2.close()
+    assert fs._open == {}
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(errors.AccessViolation):
+        FilesystemBackend(str(tmp_path)).get_reader("pipe", REQ)
+
+
+def test_abort_after_disk_full_still_removes_the_temporary_file(tmp_path):
+    fs = FilesystemBackend(str(tmp_path), writable=True)
+    w = fs.get_writer("up.bin", REQ)
+
+    class Full:
+        closed = False
+
+        def write(self, data=b""):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        close = flush = write
+
+    w._file.close()
+    w._file = Full()
+    with pytest.raises(errors.DiskFull):
+        w.write(b"x")
+    w.abort()
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_replaces_and_create_only_refuses(tmp_path):
+    (tmp_path / "f").write_bytes(b"old")
+    with pytest.raises(errors.FileExists):
+        FilesystemBackend(str(tmp_path), writable=True).get_writer("f", REQ)
+    w = FilesystemBackend(str(tmp_path), writable=True, overwrite=True).get_writer("f", REQ)
+    w.write(b"new")
+    assert (tmp_path / "f").read_bytes() == b"old"
+    w.commit()
+    assert (tmp_path / "f").read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["f"]
