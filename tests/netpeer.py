@@ -1,0 +1,104 @@
+"""Both ends of tests/test_netns.py, each run inside its own network namespace.
+
+On the server, ``--backend python:tests/netpeer.py:whoami`` answers
+``whoami`` with the addresses its ``TransferRequest`` carried.  On the client,
+``python tests/netpeer.py HOST PORT`` probes the server at one of its
+addresses with a bare socket (standard library only, so it starts fast) and
+prints, as JSON, every reply and the address and port it came from.
+"""
+import hashlib
+import json
+import socket
+import sys
+
+
+def whoami():
+    """The backend: ``whoami`` is the request's client and local address, as JSON."""
+    from zope.interface import implementer
+
+    from txfbtftp import errors
+    from txfbtftp.backends.memory import BytesReader
+    from txfbtftp.interfaces import IBackend
+
+    @implementer(IBackend)
+    class Whoami:
+        def get_reader(self, path, request):
+            if path != "whoami":
+                raise errors.FileNotFound()
+            return BytesReader(json.dumps({"client": request.client, "local": request.local}).encode())
+
+        def get_writer(self, path, request):
+            raise errors.AccessViolation()
+
+    return Whoami()
+
+
+def _request(name, options=()):
+    opts = b"".join(b"%s\0%s\0" % (k.encode(), v.encode()) for k, v in options)
+    return b"\0\1" + name.encode() + b"\0octet\0" + opts
+
+
+def _opcode(data):
+    return int.from_bytes(data[:2], "big")
+
+
+class Probe:
+    def __init__(self, host, port):
+        self.server = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.replies = []
+
+    def socket(self):
+        s = socket.socket(self.family, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        return s
+
+    def recv(self, s, what):
+        data, src = s.recvfrom(70000)
+        error = int.from_bytes(data[2:4], "big") if _opcode(data) == 5 else None
+        self.replies.append([what, src[0], src[1], _opcode(data), error])
+        return data, src[:2]
+
+    def download(self, name, options=()):
+        """Lock-step; ``(bytes, our address)``."""
+        s = self.socket()
+        s.sendto(_request(name, options), self.server)
+        data, tid = self.recv(s, "first")
+        blksize = 512
+        if data[:2] == b"\0\6":
+            fields = data[2:].split(b"\0")
+            blksize = int(dict(zip(fields[::2], fields[1::2])).get(b"blksize", 512))
+            s.sendto(b"\0\4\0\0", tid)
+            data, tid = self.recv(s, "data")
+        out = []
+        while True:
+            assert data[:2] == b"\0\3", data[:40]
+            out.append(data[4:])
+            s.sendto(b"\0\4" + data[2:4], tid)
+            if len(data) - 4 < blksize:
+                break
+            data, tid = self.recv(s, "data")
+        me = s.getsockname()[:2]
+        s.close()
+        return b"".join(out), me
+
+    def error(self, what, packet):
+        s = self.socket()
+        s.sendto(packet, self.server)
+        self.recv(s, what)
+        s.close()
+
+
+def main(host, port):
+    p = Probe(host, int(port))
+    who, me = p.download("whoami", [("blksize", "1468"), ("tsize", "0")])
+    data, _ = p.download("small.bin")
+    p.error("not-found", _request("missing"))
+    p.error("stray-ack", b"\0\4\0\1")
+    p.error("malformed", b"\0\1no-mode\0")
+    json.dump({"me": me, "whoami": json.loads(who), "sha256": hashlib.sha256(data).hexdigest(),
+               "replies": p.replies}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
