@@ -18,11 +18,19 @@ def root(tmp_path):
 
 
 @pytest.fixture
-def serve(root):
+def started():
+    """Services a test started; stopped when it ends."""
+    services = []
+    yield services
+    for svc in services:
+        if svc.running:
+            pytest_twisted.blockon(svc.stopService())
+
+
+@pytest.fixture
+def serve(root, started):
     """``serve(**config)`` starts a TFTPService on 127.0.0.1, an ephemeral port."""
     from twisted.internet import reactor
-
-    started = []
 
     def start(backend=None, interfaces=("127.0.0.1",), reactor=reactor, on_session_end=None,
               writable=False, overwrite=False, **config):
@@ -32,7 +40,30 @@ def serve(root):
         started.append(svc)
         return svc
 
-    yield start
-    for svc in started:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
+    return start
+
+
+@pytest.fixture
+def service(root, started):
+    """``service(reactor=..., config=ServerConfig(...), **TFTPService keywords)`` on 127.0.0.1."""
+
+    def start(reactor=None, config=None, **kw):
+        if reactor is None:
+            from twisted.internet import reactor
+        backend = FilesystemBackend(str(root), writable=True)
+        svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], config or ServerConfig(dally=0.05), **kw)
+        svc.startService()
+        started.append(svc)
+        return svc
+
+    return start
+
+
+@pytest.fixture
+def origin():
+    """A controllable HTTP origin on loopback (tests/httporigin.py)."""
+    from .httporigin import Origin
+
+    o = Origin()
+    yield o
+    pytest_twisted.blockon(o.close())

@@ -7,28 +7,6 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from txfbtftp.backends.fs import FilesystemBackend
-from txfbtftp.config import ServerConfig
-from txfbtftp.service import TFTPService
-
-
-@pytest.fixture
-def service(root):
-    """``service(reactor=..., config=ServerConfig(...), **TFTPService keywords)`` on 127.0.0.1."""
-    started = []
-
-    def start(reactor=reactor, config=None, **kw):
-        backend = FilesystemBackend(str(root), writable=True)
-        svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], config or ServerConfig(dally=0.05), **kw)
-        svc.startService()
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
-
 
 def addr(svc):
     return ("127.0.0.1", svc.bound_port)

@@ -15,14 +15,7 @@ from txfbtftp.cache import CacheBackend
 from txfbtftp.tap import Options
 
 from . import clients, rawclient
-from .httporigin import Origin, slurp, until
-
-
-@pytest.fixture
-def origin():
-    o = Origin()
-    yield o
-    pytest_twisted.blockon(o.close())
+from .httporigin import slurp, until
 
 
 @pytest.fixture

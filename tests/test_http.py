@@ -12,16 +12,9 @@ from txfbtftp.backends.http import HTTPBackend, HTTPOrigin, relative
 from txfbtftp.netascii import NetasciiReader, encode
 
 from . import rawclient
-from .httporigin import Origin, slurp, until
+from .httporigin import slurp, until
 
 BIG = 50 << 20
-
-
-@pytest.fixture
-def origin():
-    o = Origin()
-    yield o
-    pytest_twisted.blockon(o.close())
 
 
 @pytest.fixture

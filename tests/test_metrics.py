@@ -15,7 +15,7 @@ from txfbtftp.stats import ServerStats, SessionRecord
 from txfbtftp.tap import Options, makeService
 
 from .rawclient import download, listen
-from .stathelp import service, sleep  # noqa: F401
+from .stathelp import sleep
 
 
 def record(**kw):

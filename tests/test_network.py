@@ -86,9 +86,8 @@ def require(client, **kw):
 
 
 @pytest.fixture
-def cli(root):
+def cli(root, started):
     """``cli(*args)``: a service built by ``twistd tftp`` from these options, started."""
-    started = []
 
     def start(*args):
         o = Options()
@@ -98,10 +97,7 @@ def cli(root):
         started.append(svc)
         return svc
 
-    yield start
-    for svc in started:
-        if svc.running:
-            pytest_twisted.blockon(svc.stopService())
+    return start
 
 
 # -- 1. replies leave from the address the request was sent to ---------------------------

@@ -22,7 +22,7 @@ from txfbtftp.schedule import Schedule
 from txfbtftp.stats import REASONS, ServerStats, log_server_stats
 
 from .rawclient import download, listen
-from .stathelp import addr, check_times, free_udp_port, service, sleep, wait_for  # noqa: F401
+from .stathelp import addr, check_times, free_udp_port, sleep, wait_for
 from .test_quirks import HybridReactor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
