@@ -14,6 +14,7 @@ start.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Tuple
 
 DEFAULT_SPEC = "1,2,4,8,16,32"
@@ -46,7 +47,7 @@ class Schedule:
     def total(self) -> float:
         return sum(self.waits)
 
-    @property
+    @cached_property
     def longest(self) -> float:
         return max(self.waits)
 

@@ -28,6 +28,7 @@ from txfbtftp.options import negotiate
 from txfbtftp.schedule import RTOEstimator, Watchdog
 from txfbtftp.session import Outcome, ReadMachine, State, WriteMachine
 from txfbtftp.stats import ServerStats
+from txfbtftp.timers import Wheel
 from txfbtftp.udp import MAX_DATAGRAM, ListeningPort, PortRange, SessionSockets, natural
 
 
@@ -85,6 +86,7 @@ class TFTPProtocol(DatagramProtocol):
         self.sessions: Dict[Tuple[str, int], Session] = {}
         self.ports = PortRange(*config.port_range) if config.port_range else None
         self.log_limiter = LogLimiter(reactor.seconds)
+        self.wheel = Wheel(reactor)
         self._ended: "OrderedDict[Tuple[str, int], float]" = OrderedDict()
         self.admission = admission if admission is not None else Admission(
             config.max_sessions, config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
@@ -202,6 +204,7 @@ class TFTPProtocol(DatagramProtocol):
         self.admission.clear()
         for session in list(self.sessions.values()):
             session.abandon("server stopping")
+        self.wheel.stop()
 
     @property
     def sockets(self) -> SessionSockets:
@@ -255,7 +258,8 @@ class Session:
         self.started_at = time.time()
         self.started_clock = self.reactor.seconds()
         self.ended_at: Optional[float] = None
-        self._timer: Any = None
+        self._slot: Optional[int] = None    # where the session waits in the timer wheel
+        self._slot_start = 0.0
         self._pending: Optional[Deferred] = None
         self._stall: Any = None
         self._queue: Deque[bytes] = deque()
@@ -393,7 +397,8 @@ class Session:
         read = self.reader.read
         bs = m.blksize
         try:
-            while m.wants > 0:
+            wants = m.wants
+            while wants > 0:
                 data = read(bs)
                 if type(data) is not bytes:
                     if isinstance(data, Deferred):
@@ -409,7 +414,7 @@ class Session:
                             self._io_failed(data)
                             return
                     data = bytes(data)
-                m.feed(data, now)
+                wants = m.feed(data, now)
         except Exception:
             self._io_failed(Failure())
 
@@ -512,26 +517,25 @@ class Session:
             self._close(m.outcome, m.error_code, m.error_message)
             return
         deadline = m.deadline
-        if deadline is None:
-            return
-        timer = self._timer
-        if timer is None or not timer.active():
-            self._timer = self.reactor.callLater(max(0.0, deadline - now), self._tick)
-        elif deadline < timer.getTime():
-            timer.reset(max(0.0, deadline - now))
+        if deadline is not None and (self._slot is None or deadline < self._slot_start):
+            wheel = self.server.wheel
+            self._slot = wheel.arm(self, deadline)
+            self._slot_start = wheel.start_of(self._slot)
 
-    def _tick(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
-        now = self.reactor.seconds()
+    def wheel_fired(self, slot: int, now: float) -> None:
+        """Our slot in the timer wheel came: is the deadline really here?"""
+        if slot != self._slot or self._closed:
+            return  # an entry left behind when the deadline moved earlier
+        self._slot = None
         m = self.machine
-        if m.deadline is not None and now >= m.deadline:
+        # The slot ends at or after the deadline; a float's last bit must not
+        # send the session round the wheel again.
+        if m.deadline is not None and now + 1e-6 >= m.deadline:
             self._drain()
             if self._closed:
                 return
-            if m.deadline is not None and now >= m.deadline:
-                m.timeout(now)
+            if m.deadline is not None and now + 1e-6 >= m.deadline:
+                m.timeout(max(now, m.deadline))
         self._after(now)
 
     def _drain(self) -> None:
@@ -569,10 +573,10 @@ class Session:
         self._closed = True
         self.outcome, self.error_code, self.error_message = outcome, code, message
         self.ended_at = time.time()
-        for timer in (self._timer, self._stall):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._stall = None
+        self._slot = None
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
         try:
             if self.reader is not None:
                 self.reader.close()

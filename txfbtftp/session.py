@@ -181,8 +181,9 @@ class ReadMachine(_Machine):
             return 0
         return self.windowsize - (self._sent - self._acked)
 
-    def feed(self, payload: bytes, now: float) -> None:
-        """Queue and send the next block; a short one is the last."""
+    def feed(self, payload: bytes, now: float) -> int:
+        """Queue and send the next block (a short one is the last); return
+        how many more the window can take now, like :attr:`wants`."""
         idx = self._sent + 1
         self._sent = idx
         if idx <= 0xFFFF:
@@ -201,6 +202,9 @@ class ReadMachine(_Machine):
         self.bytes_sent += len(payload)
         self.packets_sent += 1
         self._send(pkt)
+        if self._last is not None:
+            return 0
+        return self.windowsize - (idx - self._acked)
 
     def receive(self, data: bytes, now: float) -> None:
         if self.state is State.DONE:
@@ -246,13 +250,12 @@ class ReadMachine(_Machine):
         if self._last is not None and self._acked == self._last:
             self._finish(Outcome.OK)
             return
-        wait = self.watchdog.progress(now)
         self._restart_armed = True
         if self._window:
             self._resend(now)
-            self.deadline = now + wait
+            self.deadline = now + self.watchdog.progress(now)
         else:
-            self.deadline = None
+            self.deadline = None  # the next feed starts a burst, and the timer
 
     def _resend(self, now: float) -> None:
         self._burst_at = now
