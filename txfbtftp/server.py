@@ -4,7 +4,8 @@
 client address and port, and answers what is not a request.  A
 :class:`Session` asks the backend for a reader or writer (the only Deferred
 on the way in), negotiates options, and then drives a machine from
-:mod:`txfbtftp.session` with datagrams and one lazily re-armed timer.
+:mod:`txfbtftp.session` with datagrams and a slot in the protocol's timer
+wheel (:mod:`txfbtftp.timers`).
 """
 from __future__ import annotations
 
@@ -483,6 +484,8 @@ class Session:
     def _wait_for(self, d: Deferred) -> None:
         """``d`` (a backend call) must answer within the watchdog's patience."""
         self._pending = d
+        if d.called:
+            return  # a synchronous answer: nothing to watch
         patience = self.server.config.schedule.total
         if self._stall is not None and self._stall.active():
             self._stall.reset(patience)

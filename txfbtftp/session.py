@@ -21,15 +21,19 @@ Rules this module keeps (change them only knowingly):
 
 Theory of operation.  A :class:`ReadMachine` sends a file: after ``start``
 (which sends the OACK, or nothing) the driver asks ``wants`` and calls
-``feed`` with one block of payload per wanted block, so a synchronous reader
-fills a whole window in one reactor turn without a Deferred.  Sent packets
+``feed`` with one block of payload per wanted block (``feed`` answers how
+many more fit), so a synchronous reader fills a whole window in one reactor
+turn without a Deferred.  Sent packets
 are kept until acknowledged; an ACK for block n drops those up to n and the
 window restarts at n+1 (RFC 7440).  A :class:`WriteMachine` receives a file:
 it ACKs every ``windowsize`` in-order blocks, the last block, and a gap (once
 per gap), hands in-order payloads to ``deliver``, sets ``complete`` after the
 last block, and sends the final ACK only when the driver calls ``committed``
 (the writer made the file visible).  It then dallies to re-ACK a repeated
-last block.  ``outcome`` and the counters form the session's record.
+last block.  On a timeout the receiver repeats an ACK of its last in-order
+block.  Every wait comes from the :class:`txfbtftp.schedule.Watchdog`: the
+operator's patient schedule for the first packet, the measured round trip
+after it.  ``outcome`` and the counters form the session's record.
 """
 from __future__ import annotations
 
