@@ -80,3 +80,9 @@ def test_limits_validate():
 @pytest.mark.parametrize("value", ["\u00b2", "1" * 5000, "\u0661\u0662"])
 def test_odd_digits_are_ignored_not_fatal(value):
     assert negotiate(req(blksize=value, windowsize=value, timeout=value), Limits(), None).accepted == {}
+
+
+def test_windows_stay_within_half_the_block_number_space():
+    with pytest.raises(ValueError):
+        Limits(max_windowsize=32768)
+    assert negotiate(req(windowsize=65535), Limits(max_windowsize=32767), None).windowsize == 32767

@@ -14,7 +14,9 @@ from txfbtftp.packet import Request
 
 MIN_BLKSIZE, MAX_BLKSIZE = 8, 65464
 DEFAULT_BLKSIZE = 512
-MAX_WINDOWSIZE = 65535
+#: RFC 7440 allows 65535, but past half the block-number space an old ACK
+#: cannot be told from a new one.
+MAX_WINDOWSIZE = 32767
 
 
 @dataclass(frozen=True)
