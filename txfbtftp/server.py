@@ -30,7 +30,7 @@ from txfbtftp.schedule import RTOEstimator, Watchdog
 from txfbtftp.session import Outcome, ReadMachine, State, WriteMachine
 from txfbtftp.stats import ServerStats
 from txfbtftp.timers import Wheel
-from txfbtftp.udp import MAX_DATAGRAM, ListeningPort, PortRange, SessionSockets, natural
+from txfbtftp.udp import MAX_DATAGRAM, ListeningPort, PortRange, SessionSockets, natural, send_batch
 
 
 Local = Optional[Tuple[str, int]]
@@ -264,6 +264,7 @@ class Session:
         self._pending: Optional[Deferred] = None
         self._stall: Any = None
         self._queue: Deque[bytes] = deque()
+        self._batch: Optional[list] = None  # packets of this turn, sent together
         self._closed = False
         #: The session's :class:`txfbtftp.stats.SessionRecord`, once it has ended.
         self.record: Any = None
@@ -331,8 +332,10 @@ class Session:
         oack = packet.oack(neg.accepted) if neg.accepted else None
         if req.is_read:
             self.machine = ReadMachine(self._send, watchdog, neg.blksize, neg.windowsize, neg.rollover, oack)
+            self._batch = []
             self.machine.start(now)
             self._pump(now)
+            self._flush()
         else:
             self.machine = WriteMachine(self._send, watchdog, self._deliver, neg.blksize, neg.windowsize,
                                         neg.rollover, oack, cfg.limits.max_upload_size, cfg.dally)
@@ -360,10 +363,21 @@ class Session:
 
     # -- the data path ----------------------------------------------------------
     def _send(self, pkt: bytes) -> None:
+        batch = self._batch
+        if batch is not None:
+            batch.append(pkt)
+            return
         try:
             self._sock.sendto(pkt, self._dest)
         except OSError:
             pass  # a full socket buffer is a lost packet; the watchdog resends
+
+    def _flush(self) -> None:
+        """Send what this turn produced: a window in as few system calls as
+        the kernel allows (UDP segmentation offload, see txfbtftp.udp)."""
+        batch, self._batch = self._batch, None
+        if batch:
+            send_batch(self._sock, self._dest, batch)
 
     def _send_single(self, pkt: bytes) -> None:
         self.server._send_from(pkt, self._dest, self.local)
@@ -384,12 +398,14 @@ class Session:
         if m is None:
             return  # still opening; the client will repeat itself
         now = self.reactor.seconds()
+        self._batch = []
         m.receive(data, now)
         if self._pending is None:
             if self.reader is not None:
                 self._pump(now)
             elif m.complete and m.state is State.COMMITTING:
                 self._commit()
+        self._flush()
         self._after(now)
 
     def _pump(self, now: float) -> None:
@@ -427,8 +443,10 @@ class Session:
             self._io_failed(data)
             return
         now = self.reactor.seconds()
+        self._batch = []
         self.machine.feed(bytes(data), now)
         self._pump(now)
+        self._flush()
         self._after(now)
 
     def _deliver(self, data: bytes) -> None:
@@ -538,7 +556,9 @@ class Session:
             if self._closed:
                 return
             if m.deadline is not None and now + 1e-6 >= m.deadline:
+                self._batch = []
                 m.timeout(max(now, m.deadline))
+                self._flush()
         self._after(now)
 
     def _drain(self) -> None:
@@ -580,6 +600,8 @@ class Session:
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
         self._stall = None
+        if self._sock is not None:
+            self._flush()  # a final ERROR may still be in this turn's batch
         try:
             if self.reader is not None:
                 self.reader.close()

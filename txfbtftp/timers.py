@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 
 class Wheel:
-    def __init__(self, reactor: Any, resolution: float = 0.01) -> None:
+    def __init__(self, reactor: Any, resolution: float = 0.002) -> None:
         self.reactor = reactor
         self.resolution = resolution
         self._slots: Dict[int, List[Any]] = {}
