@@ -1,5 +1,5 @@
-"""UDP ports for TFTP: quiet session ports and a listener that knows where
-each request was sent.
+"""UDP for TFTP: a listener that knows where each request was sent, and
+the session sockets behind one poller.
 
 Why a custom listener: a multi-homed server bound to the wildcard must answer
 from the address the client used, or PXE firmware drops the reply.  Twisted's
