@@ -55,3 +55,22 @@ def test_stop_forgets_everything():
     wheel.stop()
     clock.advance(2)
     assert it.fired == [] and clock.getDelayedCalls() == []
+
+
+def test_an_item_refiled_during_a_pass_does_not_delay_earlier_slots():
+    clock = Clock()
+    wheel = Wheel(clock, resolution=0.01)
+
+    class Refiler(Item):
+        def wheel_fired(self, slot, now):
+            super().wheel_fired(slot, now)
+            if len(self.fired) == 1:
+                self.arm(now + 0.3)
+
+    first, waiting = Refiler(wheel), Item(wheel)
+    first.arm(0.1)
+    waiting.arm(0.2)
+    clock.advance(0.1)
+    assert len(first.fired) == 1
+    clock.advance(0.1)
+    assert len(waiting.fired) == 1, "the slot at 0.2 waited for the one at 0.4"

@@ -59,7 +59,9 @@ class Wheel:
             slot = heapq.heappop(heap)
             for item in self._slots.pop(slot):
                 item.wheel_fired(slot, now)
-        if heap and self._call_slot is None:
+        # Items filed during this pass may have scheduled a later slot than
+        # one already waiting: the earliest must come first.
+        if heap and (self._call_slot is None or heap[0] < self._call_slot):
             self._schedule(heap[0])
 
     def stop(self) -> None:
