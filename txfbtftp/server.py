@@ -245,7 +245,6 @@ class Session:
         self.server = server
         self.request = request
         self.key = key
-        self.peer = key
         self.local = local
         self.reactor = server.reactor
         # Replies go to the natural form of the address on the session's own socket.
@@ -383,7 +382,7 @@ class Session:
         self.server._send_from(pkt, self._dest, self.local)
 
     def datagramReceived(self, data: bytes, addr: Tuple) -> None:
-        if addr[1] != self.peer[1] or addr[0] != self.peer[0]:
+        if addr[1] != self.key[1] or addr[0] != self.key[0]:
             if packet.opcode_of(data) != packet.ERROR:
                 try:
                     self._sock.sendto(packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID]), addr)

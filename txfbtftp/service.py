@@ -58,6 +58,7 @@ class TFTPService(Service):
         self.protocols: List[TFTPProtocol] = []
         self.listening: List[ListeningPort] = []
         self.sockets: Optional[SessionSockets] = None
+        self.admission: Optional[Admission] = None
         #: Every interface's counters; they outlive a restart.
         self.stats = ServerStats(",".join(self.interfaces), stats_interval, reactor.seconds)
         if session_stats_callback is not None:
@@ -73,14 +74,16 @@ class TFTPService(Service):
         super().startService()
         raise_fd_limit()
         cfg = self.config
-        self.admission = Admission(cfg.max_sessions, cfg.max_queue, cfg.max_sessions_per_client, cfg.max_queue_wait)
-        if not cfg.single_port:
-            self.sockets = SessionSockets(self.reactor, cfg.busy_poll, cfg.time_slice)
+        self.admission = None
         for iface in self.interfaces:
+            # The first protocol builds the admission queue and the session
+            # sockets from the config; the others share them.
             proto = TFTPProtocol(self.backend, self.reactor, cfg, self.on_session_end, self.sockets, self.stats,
                                  self.admission)
+            self.admission = proto.admission
             lp = self._listen(proto, iface)
-            if self.sockets is not None:
+            if not cfg.single_port:
+                self.sockets = proto.sockets
                 self.sockets.watch(lp)
             self.protocols.append(proto)
             self.listening.append(lp)
