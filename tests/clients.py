@@ -151,7 +151,8 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "CLIENTS",
@@ -229,7 +230,7 @@ class Capabilities:
 
     name: str
     installed: bool
-    path: Optional[str] = None
+    path: str | None = None
     version: str = ""
     download: bool = False
     upload: bool = False
@@ -258,7 +259,7 @@ def _probe(argv: Sequence[str]) -> str:
     return proc.stdout.decode("utf-8", "replace")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def capabilities(client: str) -> Capabilities:
     """Probe (once, cached) what *client* supports; never raises for a
     missing program, only for an unknown name."""
@@ -269,7 +270,7 @@ def capabilities(client: str) -> Capabilities:
 
     if client == "curl":
         out = _probe([path, "--version"])
-        protos = next((l for l in out.splitlines() if l.startswith("Protocols:")), "")
+        protos = next((line for line in out.splitlines() if line.startswith("Protocols:")), "")
         if "tftp" not in protos.split():
             return Capabilities(client, False, path, why="curl built without tftp")
         return Capabilities(
@@ -360,7 +361,7 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-    raw_returncode: Optional[int] = None
+    raw_returncode: int | None = None
     timed_out: bool = False
     duration: float = 0.0
     note: str = ""
@@ -379,7 +380,7 @@ class Result:
         """stdout and stderr concatenated."""
         return self.stdout + self.stderr
 
-    def check(self) -> "Result":
+    def check(self) -> Result:
         """Raise ``AssertionError`` with all details unless :attr:`ok`."""
         if not self.ok:
             raise AssertionError(f"TFTP client failed:\n{self}")
@@ -411,15 +412,15 @@ class ServerError:
     ``message`` is ``None`` if the client does not print it.
     """
 
-    code: Optional[int]
-    message: Optional[str]
+    code: int | None
+    message: str | None
 
 
 # curl exit status -> TFTP error code (see lib/tftp.c tftp_translate_code).
 _CURL_EXIT_TO_CODE = {68: 1, 69: 2, 70: 3, 71: None, 72: 5, 73: 6, 74: 7, 42: None}
 
 
-def server_error(result: Result) -> Optional[ServerError]:
+def server_error(result: Result) -> ServerError | None:
     """The TFTP ERROR the client reports having received, or ``None``
     (success, timeout, or a purely local failure)."""
     text = result.output
@@ -481,9 +482,9 @@ def build_command(
     local_path: PathLike,
     *,
     mode: str = "octet",
-    blksize: Optional[int] = None,
-    windowsize: Optional[int] = None,
-    tsize: Optional[bool] = None,
+    blksize: int | None = None,
+    windowsize: int | None = None,
+    tsize: bool | None = None,
     no_options: bool = False,
     allow_untranslated: bool = False,
     extra_args: Sequence[str] = (),
@@ -600,8 +601,8 @@ def _normalise(client: str, raw: int, stdout: str, stderr: str):
     """Return (returncode, note) for a client that exited by itself."""
     if client == "tftp-hpa" and raw == 0:
         m = _HPA_FAILURE.search(stdout)
-        bad = [l for l in stderr.splitlines()
-               if l.strip() and not _HPA_HARMLESS_STDERR.match(l)]
+        bad = [line for line in stderr.splitlines()
+               if line.strip() and not _HPA_HARMLESS_STDERR.match(line)]
         if m:
             return TFTP_HPA_FAILURE, f"tftp-hpa exited 0 but failed ({m.group(0)!r})"
         if bad:
@@ -667,9 +668,9 @@ def download(
     local_path: PathLike,
     *,
     mode: str = "octet",
-    blksize: Optional[int] = None,
-    windowsize: Optional[int] = None,
-    tsize: Optional[bool] = None,
+    blksize: int | None = None,
+    windowsize: int | None = None,
+    tsize: bool | None = None,
     no_options: bool = False,
     allow_untranslated: bool = False,
     extra_args: Sequence[str] = (),
@@ -712,9 +713,9 @@ def upload(
     remote: str,
     *,
     mode: str = "octet",
-    blksize: Optional[int] = None,
-    windowsize: Optional[int] = None,
-    tsize: Optional[bool] = None,
+    blksize: int | None = None,
+    windowsize: int | None = None,
+    tsize: bool | None = None,
     no_options: bool = False,
     allow_untranslated: bool = False,
     extra_args: Sequence[str] = (),

@@ -3,9 +3,9 @@ import os
 import pytest
 import pytest_twisted
 
-from txfbtftp.backends.fs import FilesystemBackend
-from txfbtftp.config import ServerConfig
-from txfbtftp.service import TFTPService
+from txfbtftp import FilesystemBackend
+from txfbtftp import ServerConfig
+from txfbtftp import TFTPService
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def serve(root, started):
     """``serve(**config)`` starts a TFTPService on 127.0.0.1, an ephemeral port."""
     from twisted.internet import reactor
 
-    def start(backend=None, interfaces=("127.0.0.1",), reactor=reactor, on_session_end=None,
+    def start(backend=None, interfaces=("127.0.0.1",), reactor=reactor, on_record=None,
               writable=False, overwrite=False, **config):
         backend = backend or FilesystemBackend(str(root), writable=writable, overwrite=overwrite)
-        svc = TFTPService(backend, reactor, 0, interfaces, ServerConfig(**config), on_session_end)
+        svc = TFTPService(backend, reactor, 0, interfaces, ServerConfig(**config), session_stats_callback=on_record)
         svc.startService()
         started.append(svc)
         return svc

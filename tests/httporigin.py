@@ -1,6 +1,5 @@
 """A real HTTP origin on loopback whose every answer the test controls."""
 from dataclasses import dataclass
-from typing import List, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -13,18 +12,18 @@ from twisted.web.server import NOT_DONE_YET, Site
 class File:
     body: bytes = b""
     status: int = 200
-    etag: Optional[str] = None
-    last_modified: Optional[str] = None
+    etag: str | None = None
+    last_modified: str | None = None
     #: Bytes per write, and the pause between writes.
     chunk: int = 256 * 1024
     delay: float = 0.0
     #: Hold the body after ``gate_after`` bytes until ``gate`` fires.
-    gate: Optional[Deferred] = None
+    gate: Deferred | None = None
     gate_after: int = 0
     #: Close the connection after this many bytes (the length still says all).
-    truncate_at: Optional[int] = None
+    truncate_at: int | None = None
     #: Send this many bytes, then nothing more.
-    stall_after: Optional[int] = None
+    stall_after: int | None = None
     #: Never answer at all.
     hang: bool = False
     #: Leave Content-Length out (chunked encoding).
@@ -34,8 +33,8 @@ class File:
 @dataclass
 class Seen:
     uri: bytes
-    if_none_match: Optional[bytes]
-    if_modified_since: Optional[bytes]
+    if_none_match: bytes | None
+    if_modified_since: bytes | None
     client_port: int
 
 
@@ -149,10 +148,10 @@ class Origin:
 
     def __init__(self) -> None:
         self.files = {}
-        self.seen: List[Seen] = []
+        self.seen: list[Seen] = []
         self.sent = {}
         self.hanging = []
-        self.senders: List[_Sender] = []
+        self.senders: list[_Sender] = []
         self.port = reactor.listenTCP(0, Site(_Root(self)), interface="127.0.0.1")
         self.base = "http://127.0.0.1:%d/boot/" % self.port.getHost().port
 
@@ -160,7 +159,7 @@ class Origin:
         spec = self.files["/boot/" + name] = File(body, **kw)
         return spec
 
-    def requests_for(self, name: str) -> List[Seen]:
+    def requests_for(self, name: str) -> list[Seen]:
         return [s for s in self.seen if s.uri == ("/boot/" + name).encode()]
 
     def close(self):

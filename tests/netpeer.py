@@ -16,19 +16,14 @@ def whoami():
     """The backend: ``whoami`` is the request's client and local address, as JSON."""
     from zope.interface import implementer
 
-    from txfbtftp import errors
-    from txfbtftp.backends.memory import BytesReader
-    from txfbtftp.interfaces import IBackend
+    from txfbtftp import BytesReader, FileNotFound, IBackend
 
     @implementer(IBackend)
     class Whoami:
         def get_reader(self, path, request):
             if path != "whoami":
-                raise errors.FileNotFound()
+                raise FileNotFound()
             return BytesReader(json.dumps({"client": request.client, "local": request.local}).encode())
-
-        def get_writer(self, path, request):
-            raise errors.AccessViolation()
 
     return Whoami()
 
@@ -67,7 +62,7 @@ class Probe:
         blksize = 512
         if data[:2] == b"\0\6":
             fields = data[2:].split(b"\0")
-            blksize = int(dict(zip(fields[::2], fields[1::2])).get(b"blksize", 512))
+            blksize = int(dict(zip(fields[::2], fields[1::2], strict=False)).get(b"blksize", 512))
             s.sendto(b"\0\4\0\0", tid)
             data, tid = self.recv(s, "data")
         out = []

@@ -3,7 +3,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredQueue, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
-from txfbtftp import packet
+from txfbtftp._protocol import packet
 
 
 class RawClient(DatagramProtocol):
@@ -23,6 +23,16 @@ class RawClient(DatagramProtocol):
     def recv(self, timeout=5.0):
         """The next datagram, as ``(data, addr)``; fails on timeout."""
         return self.queue.get().addTimeout(timeout, reactor)
+
+    @inlineCallbacks
+    def recv_from(self, tid, timeout=5.0):
+        """The next datagram from ``tid`` (the server's transfer ID), as a
+        client locked on it takes them; others (a stray packet for a port
+        reused since) are skipped."""
+        while True:
+            data, addr = yield self.recv(timeout)
+            if tid is None or addr == tid:
+                return data, addr
 
     @inlineCallbacks
     def quiet(self, seconds):
@@ -51,6 +61,8 @@ def download(client, server, name, options=None, ack_oack=True):
     window = int((options or {}).get("windowsize", 1))
     client.send(packet.request(packet.RRQ, name, "octet", options), server)
     data, tid = yield client.recv()
+    while packet.opcode_of(data) not in (packet.OACK, packet.DATA, packet.ERROR):
+        data, tid = yield client.recv()  # no answer to a request: a stray packet
     oack = None
     if packet.opcode_of(data) == packet.OACK:
         oack = packet.parse_oack(data)
@@ -59,7 +71,7 @@ def download(client, server, name, options=None, ack_oack=True):
         if not ack_oack:
             return b"", oack, tid
         client.send(packet.ack(0), tid)
-        data, tid = yield client.recv()
+        data, tid = yield client.recv_from(tid)
     out, expect, since_ack = [], 1, 0
     while True:
         op = packet.opcode_of(data)
@@ -78,4 +90,4 @@ def download(client, server, name, options=None, ack_oack=True):
                 since_ack = 0
             if last:
                 return b"".join(out), oack, tid
-        data, _ = yield client.recv()
+        data, _ = yield client.recv_from(tid)

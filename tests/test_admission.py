@@ -1,9 +1,9 @@
 """Admission control: the queue's order, deduplication, expiry, and 'server busy'."""
 import pytest_twisted
 
-from txfbtftp import packet
-from txfbtftp.admission import Admission, Verdict
-from txfbtftp.session import Outcome
+from txfbtftp._protocol import packet
+from txfbtftp._server.admission import Admission, Verdict
+from txfbtftp._protocol.machine import Outcome
 
 from .rawclient import download, listen
 
@@ -69,7 +69,7 @@ def _addr(svc):
 @pytest_twisted.inlineCallbacks
 def test_over_the_limit_requests_wait_then_start(serve, root):
     ended = []
-    svc = serve(max_sessions=1, on_session_end=ended.append)
+    svc = serve(max_sessions=1, on_record=ended.append)
     first, second, third = listen(), listen(), listen()
     first.send(packet.request(packet.RRQ, "small.bin", "octet", {"blksize": "1468"}), _addr(svc))
     oack, tid = yield first.recv()
@@ -94,7 +94,7 @@ def test_over_the_limit_requests_wait_then_start(serve, root):
     assert data[:4] == packet.data(1, b"")
     third.send(packet.ack(1), tid3)
     yield second.quiet(0.05)
-    assert [s.outcome for s in ended] == [Outcome.OK] * 3
+    assert [r.outcome for r in ended] == [Outcome.OK.value] * 3
     assert svc.stats.totals["requests_queued"] == 2
     for c in (first, second, third):
         yield c.close()
@@ -160,8 +160,8 @@ def test_expired_waiters_do_not_fill_the_queue():
 def test_a_worker_printing_json_that_is_not_an_object_is_just_logged():
     from twisted.internet.task import Clock
 
-    from txfbtftp.stats import ServerStats
-    from txfbtftp.workers import WorkerPool
+    from txfbtftp import ServerStats
+    from txfbtftp._daemon.pool import WorkerPool
 
     pool = WorkerPool(Clock(), [], 2, ServerStats())
     for line in (b"42", b"null", b"[1]", b"not json"):

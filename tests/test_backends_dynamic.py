@@ -13,15 +13,17 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfbtftp import errors
-from txfbtftp.backends import from_spec
-from txfbtftp.backends.chain import ChainBackend
-from txfbtftp.backends.fs import FilesystemBackend
-from txfbtftp.backends.template import (NamePattern, TemplateBackend, parse_clients, render,
+from txfbtftp._protocol import errors
+from txfbtftp._backends import from_spec
+from txfbtftp import ChainBackend
+from txfbtftp import FilesystemBackend
+from txfbtftp._backends.template import (NamePattern, TemplateBackend, parse_clients, render,
                                         variables)
-from txfbtftp.interfaces import IBackend, TransferRequest
-from txfbtftp.remap import RemapBackend, normalise, parse_rules, rewrite, try_rules
-from txfbtftp.tap import Options
+from txfbtftp import IWritableBackend, TransferRequest
+from txfbtftp._backends.remap import RemapBackend, normalise, parse_rules, rewrite, try_rules
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.tap import build_backend
+from txfbtftp._daemon.tap import makeService
 
 from . import clients
 from .rawclient import download, listen
@@ -39,6 +41,11 @@ def read_all(reader):
     data = reader.read(1 << 20)
     reader.close()
     return data
+
+def built(options):
+    """The backend ``makeService`` builds from ``options``."""
+    from twisted.internet import reactor
+    return build_backend(options, reactor)
 
 
 def parse(*args):
@@ -145,8 +152,7 @@ def test_unknown_clients_fall_through_and_clients_is_reread(templates):
     assert read_all(b.get_reader("boot.ipxe", stranger))
     (templates / ".clients").unlink()
     assert read_all(b.get_reader("pxelinux.cfg/01-00-11-22-33-44-55", stranger)).startswith(b"host $hostname mac 00:11")
-    with pytest.raises(errors.AccessViolation):
-        b.get_writer("boot.ipxe", req(write=True))
+    assert not IWritableBackend.providedBy(b)  # uploads are refused before any backend is asked
 
 
 @pytest.mark.parametrize("text,words", [
@@ -159,12 +165,12 @@ def test_bad_clients_file(text, words, tmp_path):
         parse_clients(text)
     (tmp_path / ".clients").write_text(text)
     with pytest.raises(ValueError, match=words):
-        TemplateBackend(str(tmp_path))
+        TemplateBackend(str(tmp_path)).start()
 
 
 # -- chain -----------------------------------------------------------------------
 
-@implementer(IBackend)
+@implementer(IWritableBackend)
 class Fixed:
     """Answers with ``result``, raises it if it is an exception, or fails a Deferred with it."""
 
@@ -316,9 +322,7 @@ def test_try_rules_prints_each_path():
 
 SITE = '''
 from zope.interface import implementer
-from txfbtftp import errors
-from txfbtftp.backends.memory import BytesReader
-from txfbtftp.interfaces import IBackend
+from txfbtftp import BytesReader, FileNotFound, IBackend
 
 
 @implementer(IBackend)
@@ -328,12 +332,9 @@ class Configs:
 
     def get_reader(self, path, request):
         if not path.startswith("hosts/"):
-            raise errors.FileNotFound()
+            raise FileNotFound()
         return BytesReader(b"%s%s asked for %s\\n" % (self.prefix.encode(), request.client[0].encode(),
                                                       path.encode()))
-
-    def get_writer(self, path, request):
-        raise errors.AccessViolation()
 
 
 def make(prefix="", *, writable=False):
@@ -392,7 +393,6 @@ def test_python_backend_from_a_file(tmp_path):
     ("python:dyn_broken:make", "cannot import dyn_broken: ModuleNotFoundError: No module named 'no_such_dep"),
     ("python:dyn_site:nothing", "module dyn_site has no attribute 'nothing'"),
     ("python:dyn_site:not_a_backend", "neither a backend nor callable"),
-    ("python:dyn_site:returns_junk", "which does not provide txfbtftp.interfaces.IBackend"),
     ("python:dyn_site:returns_junk:arg", "cannot call dyn_site.returns_junk with an argument"),
     ("python:dyn_site:instance:arg", "takes no argument"),
 ])
@@ -403,18 +403,28 @@ def test_python_backend_errors_are_usage_errors(site, spec, words):
         parse("--backend", spec)
 
 
+def test_a_factory_that_returns_no_backend_fails_the_build(site):
+    """Only calling the factory tells, and options do not build: makeService does."""
+    words = "which does not provide txfbtftp.IBackend"
+    with pytest.raises(ValueError, match=words):
+        from_spec("python:dyn_site:returns_junk")
+    options = parse("--backend", "python:dyn_site:returns_junk")
+    with pytest.raises(ValueError, match=words):
+        makeService(options)
+
+
 # -- twistd options --------------------------------------------------------------
 
 def test_backend_repeats_into_a_chain_and_remap_wraps_it(tmp_path, templates, root):
     rules = tmp_path / "rules"
     rules.write_text("r ^/\n")
     o = parse("--backend", "template:%s" % templates, "-b", "fs:%s" % root, "--writable")
-    assert isinstance(o["backend_obj"], ChainBackend) and o["backends"] == ["template:%s" % templates, "fs:%s" % root]
-    assert [type(b) for b in o["backend_obj"].backends] == [TemplateBackend, FilesystemBackend]
-    assert o["backend_obj"].backends[1].writable
+    assert isinstance(built(o), ChainBackend) and o["backends"] == ["template:%s" % templates, "fs:%s" % root]
+    assert [type(b) for b in built(o).backends] == [TemplateBackend, FilesystemBackend]
+    assert built(o).backends[1].writable
     o = parse("--backend", "fs:%s" % root, "--remap", str(rules))
-    assert isinstance(o["backend_obj"], RemapBackend) and isinstance(o["backend_obj"].inner, FilesystemBackend)
-    assert len(o["backend_obj"].rules) == 1
+    assert isinstance(built(o), RemapBackend) and isinstance(built(o).inner, FilesystemBackend)
+    assert len(built(o).rules) == 1
 
 
 @pytest.mark.parametrize("args,words", [
@@ -435,7 +445,7 @@ def test_bad_rule_file_is_a_usage_error(tmp_path):
 
 @pytest.mark.parametrize("command", [
     ["-c", "from twisted.scripts.twistd import run; run()", "tftp", "--remap", "RULES", "--remap-test"],
-    ["-m", "txfbtftp.remap", "RULES"],
+    ["-m", "txfbtftp", "remap-test", "RULES"],
 ])
 def test_remap_test_reads_stdin(tmp_path, command):
     rules = tmp_path / "rules"
@@ -449,7 +459,7 @@ def test_remap_test_reads_stdin(tmp_path, command):
 
 def test_remap_module_reports_a_bad_file(tmp_path):
     (tmp_path / "rules").write_text("z a b\n")
-    done = subprocess.run([sys.executable, "-m", "txfbtftp.remap", str(tmp_path / "rules")], input="",
+    done = subprocess.run([sys.executable, "-m", "txfbtftp", "remap-test", str(tmp_path / "rules")], input="",
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 2 and "line 1: unknown flag 'z'" in done.stderr
 
@@ -468,7 +478,7 @@ def fetch(client, svc, remote, out, **kw):
 
 @pytest_twisted.inlineCallbacks
 def test_python_backend_with_curl(serve, site, tmp_path):
-    svc = serve(backend=parse("--backend", "python:dyn_site:make:gen:")["backend_obj"])
+    svc = serve(backend=built(parse("--backend", "python:dyn_site:make:gen:")))
     out = tmp_path / "out"
     res = yield fetch("curl", svc, "hosts/web01.cfg", out)
     res.check()
@@ -477,7 +487,7 @@ def test_python_backend_with_curl(serve, site, tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_template_backend_with_atftp_and_tsize(serve, templates, tmp_path):
-    svc = serve(backend=parse("--backend", "template:%s" % templates)["backend_obj"])
+    svc = serve(backend=built(parse("--backend", "template:%s" % templates)))
     (templates / ".clients").write_text("88:99:aa:bb:cc:dd hostname=web01\n")
     expected = b"host web01 mac 88:99:aa:bb:cc:dd from 127.0.0.1 via 127.0.0.1\n"
     out = tmp_path / "out"
@@ -495,7 +505,7 @@ def test_template_backend_with_atftp_and_tsize(serve, templates, tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_chain_with_curl(serve, templates, root, tmp_path):
     (templates / ".clients").unlink()  # every client gets boot.ipxe
-    svc = serve(backend=parse("--backend", "template:%s" % templates, "--backend", "fs:%s" % root)["backend_obj"])
+    svc = serve(backend=built(parse("--backend", "template:%s" % templates, "--backend", "fs:%s" % root)))
     res = yield fetch("curl", svc, "boot.ipxe", tmp_path / "boot.ipxe")
     res.check()
     assert (tmp_path / "boot.ipxe").read_bytes() == b"#!ipxe\nchain http://127.0.0.1/boot/${net0/mac}\n"
@@ -516,7 +526,7 @@ def test_remap_over_a_chain_with_tftp_hpa(serve, templates, root, tmp_path):
         a  ^secret                No\ secrets
         """))
     o = parse("--backend", "template:%s" % templates, "--backend", "fs:%s" % root, "--remap", str(rules))
-    svc = serve(backend=o["backend_obj"])
+    svc = serve(backend=built(o))
     res = yield fetch("tftp-hpa", svc, "\\PXELINUX.CFG\\01-88-99-AA-BB-CC-DD", tmp_path / "cfg")
     res.check()
     assert (tmp_path / "cfg").read_bytes() == b"host web01 mac 88:99:aa:bb:cc:dd from 127.0.0.1 via 127.0.0.1\n"

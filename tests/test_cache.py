@@ -9,13 +9,21 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThread
 
-from txfbtftp import backends, errors
-from txfbtftp.backends.http import HTTPOrigin
-from txfbtftp.cache import CacheBackend
-from txfbtftp.tap import Options
+from txfbtftp import _backends as backends
+from txfbtftp._protocol import errors
+from txfbtftp import HTTPOrigin
+from txfbtftp import CacheBackend
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.tap import build_backend
 
 from . import clients, rawclient
 from .httporigin import slurp, until
+
+
+def built(options):
+    """The backend ``makeService`` builds from ``options``."""
+    from twisted.internet import reactor
+    return build_backend(options, reactor)
 
 
 @pytest.fixture
@@ -31,12 +39,13 @@ def cache(origin, cache_dir):
 
     def make(timeout=3.0, **kw):
         kw.setdefault("revalidate", 3600)
-        made.append(HTTPOrigin(origin.base, reactor, timeout=timeout))
-        return CacheBackend(made[-1], str(cache_dir), reactor, **kw)
+        made.append(CacheBackend(HTTPOrigin(origin.base, reactor, timeout=timeout), str(cache_dir), reactor, **kw))
+        made[-1].start()
+        return made[-1]
 
     yield make
-    for h in made:
-        pytest_twisted.blockon(h.close())
+    for c in made:
+        pytest_twisted.blockon(c.stop())
 
 
 def _listen():
@@ -189,7 +198,7 @@ def test_eviction_keeps_the_most_recently_used_and_spares_readers(cache, origin,
     yield _get(backend, "a")  # b is now the least recently used
     yield _get(backend, "d")
     keys = [k.rsplit("/", 1)[1] for k in backend.keys()]
-    assert keys == ["c", "a", "d"] and backend.used == 300000
+    assert keys == ["c", "a", "d"] and backend.store.used == 300000
     assert len(_stored(cache_dir)) == 6
     held = yield backend.get_reader("c", None)
     yield _get(backend, "a")
@@ -214,7 +223,7 @@ def test_a_restart_keeps_a_warm_cache(cache, origin, cache_dir):
     yield _get(first, "b")
     yield _get(first, "a")
     second = cache()
-    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["b", "a"] and second.used == 12000
+    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["b", "a"] and second.store.used == 12000
     assert (yield _get(second, "a")) == b"A" * 5000
     assert (yield _get(second, "b")) == b"B" * 7000
     assert len(origin.seen) == 2
@@ -246,10 +255,13 @@ def test_options_build_a_cache_in_front_of_http(tmp_path):
     o = Options()
     o.parseOptions(["--backend", "http:http://127.0.0.1:8080/boot/", "--cache-dir", str(tmp_path / "c"),
                     "--cache-size", "64M", "--cache-revalidate", "30", "--http-timeout", "2"])
-    backend = o["backend_obj"]
+    backend = built(o)
     assert isinstance(backend, CacheBackend)
-    assert (backend.max_size, backend.revalidate, backend.origin.timeout) == (64 << 20, 30.0, 2.0)
+    assert (backend.store.max_size, backend.revalidate, backend.origin.timeout) == (64 << 20, 30.0, 2.0)
+    assert not os.path.exists(tmp_path / "c")  # building touches nothing: starting does
+    backend.start()
     assert os.path.isdir(tmp_path / "c" / "tmp")
+    return backend.stop()
 
 
 @pytest.mark.parametrize("args,words", [
@@ -284,4 +296,4 @@ def test_curl_through_http_and_the_cache(serve, origin, tmp_path):
             yield backend.idle()
         assert len(origin.seen) == 1
     finally:
-        yield backend.origin.close()
+        yield backend.origin.stop()

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from txfbtftp import errors
-from txfbtftp.backends.fs import FilesystemBackend
-from txfbtftp.interfaces import TransferRequest
+from txfbtftp._protocol import errors
+from txfbtftp import FilesystemBackend
+from txfbtftp import TransferRequest
 
 REQ = TransferRequest(path="x", client=("127.0.0.1", 1), local=("127.0.0.1", 69), mode="octet")
 

@@ -7,9 +7,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from txfbtftp import backends, errors, packet
-from txfbtftp.backends.http import HTTPBackend, HTTPOrigin, relative
-from txfbtftp.netascii import NetasciiReader, encode
+from txfbtftp import _backends as backends
+from txfbtftp._protocol import errors, packet
+from txfbtftp import HTTPBackend, HTTPOrigin
+from txfbtftp._backends.http.origin import relative
+from txfbtftp._protocol.netascii import encode
+from txfbtftp._server.netascii import NetasciiReader
 
 from . import rawclient
 from .httporigin import slurp, until
@@ -28,7 +31,7 @@ def http(origin):
 
     yield make
     for h in made:
-        pytest_twisted.blockon(h.close())
+        pytest_twisted.blockon(h.stop())
 
 
 @pytest.fixture

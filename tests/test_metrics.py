@@ -8,11 +8,11 @@ from twisted.internet import reactor
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
 
-from txfbtftp import packet
-from txfbtftp.metrics import Metrics, MetricsService, PathClasses, as_metrics
-from txfbtftp.service import TFTPService
-from txfbtftp.stats import ServerStats, SessionRecord
-from txfbtftp.tap import Options, makeService
+from txfbtftp._protocol import packet
+from txfbtftp._observe.metrics import Metrics, MetricsService, PathClasses, as_metrics
+from txfbtftp import TFTPService
+from txfbtftp import ServerStats, SessionRecord
+from txfbtftp._daemon.tap import Options, makeService
 
 from .rawclient import download, listen
 from .stathelp import sleep

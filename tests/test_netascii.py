@@ -1,4 +1,5 @@
-from txfbtftp.netascii import Decoder, NetasciiReader, NetasciiWriter, encode
+from txfbtftp._protocol.netascii import Decoder, encode
+from txfbtftp._server.netascii import NetasciiReader, NetasciiWriter
 from twisted.internet.defer import succeed
 
 

@@ -91,7 +91,8 @@ def net(tmp_path_factory):
     try:
         must("netns", "add", CLIENT_NS)
         must("-n", SERVER_NS, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", CLIENT_NS)
-        for ns, dev, addrs in ((SERVER_NS, "veth0", SERVER_V4 + SERVER_V6), (CLIENT_NS, "veth1", (CLIENT_V4, CLIENT_V6))):
+        ends = ((SERVER_NS, "veth0", SERVER_V4 + SERVER_V6), (CLIENT_NS, "veth1", (CLIENT_V4, CLIENT_V6)))
+        for ns, dev, addrs in ends:
             must("-n", ns, "link", "set", "lo", "up")
             for addr in addrs:
                 if ":" in addr:

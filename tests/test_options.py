@@ -1,7 +1,7 @@
 import pytest
 
-from txfbtftp import errors, packet
-from txfbtftp.options import Limits, negotiate
+from txfbtftp._protocol import errors, packet
+from txfbtftp._protocol.options import Limits, negotiate
 
 
 def req(op=packet.RRQ, mode="octet", **opts):

@@ -1,6 +1,6 @@
 import pytest
 
-from txfbtftp import packet
+from txfbtftp._protocol import packet
 
 
 def test_request_roundtrip_keeps_option_order_and_spelling():

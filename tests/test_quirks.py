@@ -6,9 +6,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import Clock, deferLater
 
-from txfbtftp import packet
-from txfbtftp.schedule import Schedule
-from txfbtftp.session import Outcome
+from txfbtftp._protocol import packet
+from txfbtftp import Limits, Schedule
+from txfbtftp._protocol.machine import Outcome
 
 from .rawclient import download, listen
 
@@ -36,7 +36,7 @@ def test_download_with_options(serve, root):
 def test_tsize_probe_then_new_request_from_the_same_port(serve, root):
     """UEFI: RRQ tsize=0 blksize=1468, ERROR 8, then the real RRQ from the same port."""
     ended = []
-    svc = serve(on_session_end=ended.append)
+    svc = serve(on_record=ended.append)
     c = listen()
     _, oack, tid = yield download(c, addr(svc), "small.bin", {"tsize": "0", "blksize": "1468"}, ack_oack=False)
     assert oack["tsize"] == "5000"
@@ -44,8 +44,8 @@ def test_tsize_probe_then_new_request_from_the_same_port(serve, root):
     data, oack, tid2 = yield download(c, addr(svc), "small.bin", {"blksize": "1468"})
     assert data == (root / "small.bin").read_bytes() and tid2 != tid
     yield sleep(0.05)
-    assert [s.machine.tsize_probe for s in ended] == [True, False]
-    assert [s.outcome for s in ended] == [Outcome.CLIENT_ERROR, Outcome.OK]
+    assert [r.tsize_probe for r in ended] == [True, False]
+    assert [r.outcome for r in ended] == [Outcome.CLIENT_ERROR.value, Outcome.OK.value]
     # The server never answered the ERROR.
     assert not [d for d, a in c.received if a == tid and packet.opcode_of(d) == packet.ERROR]
     yield c.close()
@@ -110,7 +110,7 @@ def test_stray_tid_gets_error_5_and_does_not_disturb(serve, root):
 @pytest_twisted.inlineCallbacks
 def test_client_error_mid_transfer_ends_the_session_quietly(serve):
     ended = []
-    svc = serve(on_session_end=ended.append)
+    svc = serve(on_record=ended.append)
     c = listen()
     c.send(packet.request(packet.RRQ, "small.bin", "octet"), addr(svc))
     data, tid = yield c.recv()
@@ -119,7 +119,7 @@ def test_client_error_mid_transfer_ends_the_session_quietly(serve):
     c.send(packet.error(0, "Disk full"), tid)
     yield sleep(0.1)
     assert svc.sessions == {}
-    assert ended[0].outcome is Outcome.CLIENT_ERROR and ended[0].error_code == 0
+    assert ended[0].outcome == Outcome.CLIENT_ERROR.value and ended[0].error_code == 0
     assert not [d for d, _ in (yield c.quiet(0.2)) if packet.opcode_of(d) == packet.ERROR]
     yield c.close()
 
@@ -192,7 +192,7 @@ def test_unsupported_mode(serve):
 @pytest_twisted.inlineCallbacks
 def test_interrupted_upload_leaves_no_file(serve, root):
     ended = []
-    svc = serve(writable=True, schedule=Schedule.parse("0.05,0.05"), adaptive=False, on_session_end=ended.append)
+    svc = serve(writable=True, schedule=Schedule.parse("0.05,0.05"), adaptive=False, on_record=ended.append)
     c = listen()
     c.send(packet.request(packet.WRQ, "upload.bin", "octet"), addr(svc))
     data, tid = yield c.recv()
@@ -200,7 +200,7 @@ def test_interrupted_upload_leaves_no_file(serve, root):
     c.send(packet.data(1, b"x" * 512), tid)
     assert (yield c.recv())[0] == packet.ack(1)
     yield sleep(0.4)  # the client vanished; the watchdog gives up
-    assert ended and ended[0].outcome is Outcome.TIMEOUT
+    assert ended and ended[0].outcome == Outcome.TIMEOUT.value
     assert sorted(p.name for p in root.iterdir()) == ["hello.txt", "small.bin"]
     yield c.close()
 
@@ -239,7 +239,7 @@ def test_uploads_disabled_by_default(serve, root):
 
 @pytest_twisted.inlineCallbacks
 def test_upload_over_the_limit(serve, root):
-    svc = serve(writable=True, limits=__import__("txfbtftp.options", fromlist=["Limits"]).Limits(max_upload_size=600))
+    svc = serve(writable=True, limits=Limits(max_upload_size=600))
     c = listen()
     c.send(packet.request(packet.WRQ, "big.bin", "octet", {"tsize": "5000"}), addr(svc))
     data, _ = yield c.recv()
@@ -300,7 +300,7 @@ def test_backend_failure_is_a_generic_error_with_the_traceback_logged(serve):
     from twisted.logger import globalLogPublisher
     from zope.interface import implementer
 
-    from txfbtftp.interfaces import IBackend
+    from txfbtftp import IBackend
 
     @implementer(IBackend)
     class Broken:
@@ -330,7 +330,7 @@ def test_deferred_backend_and_reader(serve):
     """Backends may answer later, and readers may return Deferreds of bytes."""
     from zope.interface import implementer
 
-    from txfbtftp.interfaces import IBackend, IReader
+    from txfbtftp import IBackend, IReader
 
     payload = os.urandom(10000)
 
@@ -376,7 +376,7 @@ def test_a_backend_that_never_answers_is_given_up_on(serve):
     from twisted.internet.defer import Deferred
     from zope.interface import implementer
 
-    from txfbtftp.interfaces import IBackend
+    from txfbtftp import IBackend
 
     @implementer(IBackend)
     class Silent:
@@ -386,7 +386,7 @@ def test_a_backend_that_never_answers_is_given_up_on(serve):
         get_writer = get_reader
 
     ended = []
-    svc = serve(backend=Silent(), schedule=Schedule.parse("0.1,0.1"), on_session_end=ended.append)
+    svc = serve(backend=Silent(), schedule=Schedule.parse("0.1,0.1"), on_record=ended.append)
     c = listen()
     c.send(packet.request(packet.RRQ, "x", "octet"), addr(svc))
     data, _ = yield c.recv(2)
@@ -400,7 +400,7 @@ def test_a_backend_that_never_answers_is_given_up_on(serve):
 def test_queued_requests_that_fail_at_once_release_their_slots(serve, root):
     """Admission must not trip over sessions that end inside their own start."""
     ended = []
-    svc = serve(max_sessions=1, on_session_end=ended.append)
+    svc = serve(max_sessions=1, on_record=ended.append)
     a, b, c = listen(), listen(), listen()
     a.send(packet.request(packet.RRQ, "small.bin", "octet"), addr(svc))
     data, tid = yield a.recv()

@@ -1,6 +1,6 @@
 import pytest
 
-from txfbtftp.schedule import DEFAULT_SCHEDULE, RTOEstimator, Schedule, Watchdog
+from txfbtftp._protocol.schedule import DEFAULT_SCHEDULE, RTOEstimator, Schedule, Watchdog
 
 
 def test_parse_list_and_exponential_forms():

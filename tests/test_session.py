@@ -1,9 +1,11 @@
 """The session machines, driven by hand with explicit times (a fake clock)."""
 import pytest
 
-from txfbtftp import packet
-from txfbtftp.schedule import RTOEstimator, Schedule, Watchdog
-from txfbtftp.session import (Outcome, ReadMachine, State, WriteMachine, block_offset, wire)
+from txfbtftp._protocol import packet
+from txfbtftp._protocol.schedule import RTOEstimator, Schedule, Watchdog
+from txfbtftp._protocol.machine import Outcome, State, block_offset, wire
+from txfbtftp._protocol.read import ReadMachine
+from txfbtftp._protocol.write import WriteMachine
 
 SCHED = Schedule.parse("1,2,4,8,16,32")
 
@@ -21,9 +23,40 @@ class Out(list):
         return out
 
 
+class Stepped:
+    """A machine whose every step appends to ``out``, as a driver's outbox;
+    payloads an upload hands back are collected in ``got``."""
+
+    def __init__(self, machine, out, got=None):
+        self.__dict__.update(_m=machine, _out=out, _got=got)
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def start(self, now):
+        self._m.start(now, self._out)
+
+    def feed(self, payload, now):
+        return self._m.feed(payload, now, self._out)
+
+    def receive(self, data, now):
+        payload = self._m.receive(data, now, self._out)
+        if payload is not None:
+            self._got.append(payload)
+
+    def timeout(self, now):
+        self._m.timeout(now, self._out)
+
+    def fail(self, code, message):
+        self._m.fail(code, message, self._out)
+
+    def committed(self, now):
+        self._m.committed(now, self._out)
+
+
 def reader(data, blksize=512, windowsize=1, oack=None, estimator=None, rollover=0):
     out = Out()
-    m = ReadMachine(out.append, Watchdog(SCHED, estimator), blksize, windowsize, rollover, oack)
+    m = Stepped(ReadMachine(Watchdog(SCHED, estimator), blksize, windowsize, rollover, oack), out)
     src = {"pos": 0}
 
     def pump(now):
@@ -265,7 +298,7 @@ def test_rollover_1_wraps_to_one():
 
 def writer(blksize=512, windowsize=1, oack=None, max_size=None):
     out, got = Out(), []
-    m = WriteMachine(out.append, Watchdog(SCHED), got.append, blksize, windowsize, 0, oack, max_size, dally=5)
+    m = Stepped(WriteMachine(Watchdog(SCHED), blksize, windowsize, 0, oack, max_size, dally=5), out, got)
     return m, out, got
 
 

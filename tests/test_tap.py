@@ -6,8 +6,15 @@ import sys
 import pytest
 from twisted.python import usage
 
-from txfbtftp.service import TFTPService
-from txfbtftp.tap import Options, makeService
+import txfbtftp
+from txfbtftp import TFTPService
+from txfbtftp._daemon.tap import Options, build_backend, makeService
+
+
+def built(options):
+    """The backend ``makeService`` builds from ``options``."""
+    from twisted.internet import reactor
+    return build_backend(options, reactor)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,7 +35,7 @@ def test_every_option(tmp_path):
     assert cfg.schedule.waits == (0.5, 1.0, 2.0, 4.0) and cfg.rto_min == 0.01
     assert (cfg.limits.max_blksize, cfg.limits.max_windowsize, cfg.limits.max_upload_size) == (1468, 8, 64 << 20)
     assert cfg.port_range == (50000, 50099) and cfg.single_port
-    assert o["backend_obj"].writable and o["backend_obj"].overwrite
+    assert built(o).writable and built(o).overwrite
     svc = makeService(o)
     assert isinstance(svc, TFTPService) and svc.port == 6969
 
@@ -36,7 +43,7 @@ def test_every_option(tmp_path):
 def test_defaults(tmp_path):
     o = parse("--backend", "fs:%s" % tmp_path)
     assert o["port"] == 69 and o["interfaces"] == ["::"]
-    assert o["config"].schedule.total >= 60 and not o["backend_obj"].writable
+    assert o["config"].schedule.total >= 60 and not built(o).writable
 
 
 @pytest.mark.parametrize("args,words", [
@@ -55,18 +62,23 @@ def test_bad_options_give_a_clear_message(args, words):
         parse(*args)
 
 
-def test_plugin_is_found_after_pip_install(tmp_path):
-    """``pip install .`` puts the plugin where twistd looks, outside the checkout."""
+def test_plugin_and_public_api_after_pip_install(tmp_path):
+    """``pip install .`` puts the plugin where twistd looks, outside the checkout;
+    the public names import from the package, which is marked typed."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), ROOT],
                    cwd=str(tmp_path), check=True, capture_output=True, timeout=300)
     assert (target / "twisted" / "plugins" / "txfbtftp_plugin.py").exists()
     assert not (target / "twisted" / "__init__.py").exists()
+    assert (target / "txfbtftp" / "py.typed").exists()
     env = dict(os.environ, PYTHONPATH=str(target))
     code = ("from twisted.plugin import getPlugins; from twisted.application.service import IServiceMaker;"
             "import txfbtftp; print(txfbtftp.__file__);"
+            "from txfbtftp import TFTPService, IBackend, IReader, TransferRequest, ServerConfig, __version__;"
+            "print(__version__);"
             "print([p.tapname for p in getPlugins(IServiceMaker)])")
     out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout
-    assert out.splitlines()[0].startswith(str(target))
-    assert "'tftp'" in out
+    lines = out.splitlines()
+    assert lines[0].startswith(str(target)) and lines[1] == txfbtftp.__version__
+    assert "'tftp'" in lines[2]

@@ -1,7 +1,7 @@
 """The timer wheel, under a fake clock."""
 from twisted.internet.task import Clock
 
-from txfbtftp.timers import Wheel
+from txfbtftp._server.timers import Wheel
 
 
 class Item:

@@ -27,7 +27,7 @@ def free_port(kind=socket.SOCK_DGRAM):
 
 
 def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "txfbtftp.workers"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "txfbtftp._daemon.worker"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -69,8 +69,8 @@ def test_workers_serve_concurrently_and_statistics_add_up(cluster, root):
     for c in clients:
         yield c.close()
     yield deferLater(reactor, 1.5, lambda: None)  # workers report twice a second
-    lines = [l for l in logfile.read_text(errors="replace").splitlines() if "RRQ 'small.bin'" in l]
-    by_worker = sum("worker 1:" in l for l in lines)
+    lines = [line for line in logfile.read_text(errors="replace").splitlines() if "RRQ 'small.bin'" in line]
+    by_worker = sum("worker 1:" in line for line in lines)
     assert len(lines) == 40 and 0 < by_worker < 40, "both processes served: %d of 40 by the worker" % by_worker
     body = yield (yield treq.get("http://127.0.0.1:%d/metrics" % metrics)).text()
     started = re.search(r"^tftp_sessions_started_total (\S+)$", body, re.M)

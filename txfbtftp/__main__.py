@@ -1,0 +1,5 @@
+import sys
+
+from txfbtftp._daemon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""Files under a root directory.
+
+Reads share one open descriptor per file (keyed by device, inode and
+modification time, so a replaced file gets a fresh one) and use ``pread``:
+two thousand clients of one kernel image cost one descriptor and no
+per-session buffer beyond a block.  Uploads go to a hidden temporary file in
+the target directory and become visible only on commit (fsync, then link or
+rename), so a partial upload never appears under its final name.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+
+from zope.interface import implementer
+
+from txfbtftp._interfaces import ILifecycle, IReader, IWritableBackend, IWriter, TransferRequest
+from txfbtftp._protocol import errors
+
+_Key = tuple[int, int, int]
+
+
+class _SharedFile:
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 0
+
+
+@implementer(IReader)
+class FileReader:
+    """Reads one file by offset from a shared descriptor.
+
+    Reads ahead ``READ_AHEAD`` blocks per system call: a window of blocks then
+    costs one ``pread``, and a session holds at most that much.
+    """
+
+    READ_AHEAD = 8
+    __slots__ = ("size", "_fs", "_key", "_fd", "_offset", "_buf", "_pos")
+
+    def __init__(self, fs: FilesystemBackend, key: _Key, fd: int, size: int) -> None:
+        self.size: int | None = size
+        self._fs = fs
+        self._key = key
+        self._fd = fd
+        self._offset = 0
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        buf = self._buf
+        if end <= len(buf):
+            self._pos = end
+            return buf[pos:end]
+        rest = buf[pos:]
+        chunk = os.pread(self._fd, n * self.READ_AHEAD, self._offset)
+        self._offset += len(chunk)
+        buf = self._buf = rest + chunk if rest else chunk
+        self._pos = n
+        return buf[:n]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._fd = -1
+            self._buf = b""
+            self._fs._release(self._key)
+
+
+@implementer(IWriter)
+class FileWriter:
+    """A temporary file that becomes ``path`` on commit."""
+
+    def __init__(self, path: str, overwrite: bool, mode: int) -> None:
+        self.path = path
+        self._overwrite = overwrite
+        self._mode = mode
+        directory, name = os.path.split(path)
+        fd, self.tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".part", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise _os_error(e) from e
+
+    def commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fchmod(self._file.fileno(), self._mode)
+            os.fsync(self._file.fileno())
+            self._file.close()
+            if self._overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                os.link(self.tmp, self.path)  # fails if the name was taken meanwhile
+                os.unlink(self.tmp)
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            self.abort()
+            raise _os_error(e) from e
+
+    def abort(self) -> None:
+        try:
+            if not self._file.closed:
+                self._file.close()  # may fail again to flush (disk full): the unlink still runs
+        except OSError:
+            pass
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _os_error(e: OSError) -> errors.TFTPError:
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return errors.FileNotFound()
+    if e.errno == errno.EEXIST:
+        return errors.FileExists()
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return errors.DiskFull()
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.EROFS):
+        return errors.AccessViolation()
+    return errors.TFTPError()
+
+
+@implementer(IWritableBackend, ILifecycle)
+class FilesystemBackend:
+    """Serves ``root``; uploads only when ``writable``, replacing files only
+    when ``overwrite``.
+
+    :meth:`start` checks the root (the service calls it after ``twistd``
+    chrooted, so the root is resolved where it is served from).
+    """
+
+    def __init__(self, root: str, writable: bool = False, overwrite: bool = False) -> None:
+        self._configured = root
+        self.root = os.path.realpath(root)
+        self.writable = writable
+        self.overwrite = overwrite
+        umask = os.umask(0)
+        os.umask(umask)
+        self._file_mode = 0o666 & ~umask
+        self._open: dict[_Key, _SharedFile] = {}
+
+    def start(self) -> None:
+        root = os.path.realpath(self._configured)
+        if not os.path.isdir(root):
+            raise ValueError("%s is not a directory" % self._configured)
+        self.root = root
+
+    def stop(self) -> None:
+        pass
+
+    def resolve(self, path: str) -> str:
+        """The real path of ``path`` under the root; AccessViolation if it escapes."""
+        rel = path.lstrip("/")
+        if not rel or "\x00" in rel:
+            raise errors.FileNotFound()
+        full = os.path.realpath(os.path.join(self.root, rel))
+        if os.path.commonpath([self.root, full]) != self.root:
+            raise errors.AccessViolation()
+        return full
+
+    def get_reader(self, path: str, request: TransferRequest) -> FileReader:
+        return self.open(path)
+
+    def open(self, path: str) -> FileReader:
+        """A reader of ``path`` under the root, whoever asks."""
+        full = self.resolve(path)
+        # Open first and ask the descriptor, so what is checked is what is
+        # read; O_NONBLOCK keeps a FIFO from stalling the reactor.
+        try:
+            fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as e:
+            raise _os_error(e) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise errors.AccessViolation("Not a regular file")
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        shared = self._open.get(key)
+        if shared is None:
+            shared = self._open[key] = _SharedFile(fd)
+        else:
+            os.close(fd)
+        shared.refs += 1
+        return FileReader(self, key, shared.fd, st.st_size)
+
+    def _release(self, key: _Key) -> None:
+        shared = self._open.get(key)
+        if shared is not None:
+            shared.refs -= 1
+            if shared.refs <= 0:
+                del self._open[key]
+                os.close(shared.fd)
+
+    def get_writer(self, path: str, request: TransferRequest) -> FileWriter:
+        if not self.writable:
+            raise errors.AccessViolation("Uploads are disabled")
+        full = self.resolve(path)
+        if os.path.isdir(full):
+            raise errors.AccessViolation("Not a regular file")
+        if not self.overwrite and os.path.lexists(full):
+            raise errors.FileExists()
+        try:
+            return FileWriter(full, self.overwrite, self._file_mode)
+        except OSError as e:
+            raise _os_error(e) from e

@@ -1,0 +1,1 @@
+"""``http:``: files from an HTTP(S) origin, streamed or through a disk cache."""

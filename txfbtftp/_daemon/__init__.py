@@ -1,0 +1,1 @@
+"""The daemon: ``twistd tftp`` options, the service it builds, the worker processes."""

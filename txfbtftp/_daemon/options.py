@@ -1,0 +1,223 @@
+"""``twistd tftp`` options: parsed and checked here, built in :mod:`txfbtftp._daemon.tap`.
+
+:meth:`Options.postOptions` validates every value (so a mistake is one
+clear usage error before anything starts) and leaves plain values behind:
+the :class:`~txfbtftp.ServerConfig`, the backend specs, the remap rules,
+the metrics' path classes.  Nothing here opens a socket, a connection or a
+file that serving needs.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from txfbtftp._backends import check_spec
+from txfbtftp._backends.remap import Rule, load_rules, try_rules
+from txfbtftp._observe.metrics import PathClasses
+from txfbtftp._protocol.options import MAX_BLKSIZE, Limits
+from txfbtftp._protocol.schedule import DEFAULT_SPEC, Schedule
+from txfbtftp._server.config import ServerConfig
+from txfbtftp._version import __version__
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512K``, ``64M``, ``2G``."""
+    t = text.strip().upper()
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = 1024 ** ("KMG".index(t[-1]) + 1)
+        t = t[:-1]
+    return int(t) * mult
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise ValueError
+    return int(low), int(high)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Serve TFTP (RFC 1350, 2347-2349, 7440) from a backend. "
+                "Example: twistd -n tftp --backend fs:/srv/tftp --port 6969")
+
+    optFlags = [
+        ["writable", "w", "Accept uploads (WRQ)."],
+        ["overwrite", None, "Let uploads replace existing files (default: create only)."],
+        ["single-port", None, "Serve every session from the listening port (NAT, containers)."],
+        ["no-adaptive", None, "Retransmit on the fixed schedule only, without RTT estimation."],
+        ["verbose", "v", "Log at debug level."],
+        ["remap-test", None, "Read paths on stdin, print each as --remap rewrites it (or DENIED), exit."],
+    ]
+    optParameters = [
+        ["port", "p", 69, "UDP port to listen on.", int],
+        ["timeouts", "t", DEFAULT_SPEC,
+         "Retransmission waits in seconds: a list '1,2,4,8' or base x tries '1x6'."],
+        ["rto-min", None, 0.05, "Floor of the adaptive retransmission timeout, seconds.", float],
+        ["max-blksize", None, MAX_BLKSIZE, "Largest block size granted (1468 fits a 1500-byte MTU).", int],
+        ["max-windowsize", None, 64, "Largest RFC 7440 window granted.", int],
+        ["max-upload-size", None, None, "Largest upload accepted, bytes (K, M, G suffixes)."],
+        ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls)."],
+        ["max-sessions", None, 0, "Active transfers at most; more wait in a FIFO queue (0: no limit).", int],
+        ["max-queue", None, 1024, "Requests that may wait for a slot; beyond, ERROR 0 'server busy'.", int],
+        ["max-sessions-per-client", None, 0, "Active transfers per client address (0: no limit).", int],
+        ["queue-wait", None, 30.0, "Seconds a queued client keeps its place without repeating its request.",
+         float],
+        ["busy-poll", None, 200, "Microseconds to keep polling session sockets after traffic (0: off).", int],
+        ["workers", None, 1, "Processes serving the port(s) together (SO_REUSEPORT).", int],
+        ["stats-interval", None, 60.0, "Seconds between statistics lines in the log (0: none).", float],
+        ["metrics", None, None, "Serve Prometheus /metrics on this endpoint, e.g. tcp:9469."],
+        ["log-format", None, "text", "text, or json: one JSON object per line on standard output."],
+        ["http-timeout", None, 3.0,
+         "Seconds an http: origin has to answer, and the longest its body may stall.", float],
+        ["cache-dir", None, None, "Cache http: files in this directory."],
+        ["cache-size", None, "1G", "Most bytes the cache keeps (K, M, G suffixes)."],
+        ["cache-revalidate", None, 60.0,
+         "Seconds a cached file is served before the origin is asked whether it changed.", float],
+        ["remap", None, None, "Rewrite requested paths with a tftpd-hpa style rule file first."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["argv"] = []
+        self["interfaces"] = []
+        self["backends"] = []
+        self["path_class_rules"] = []
+        self["rules"] = None
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self["argv"] = list(sys.argv[1:] if options is None else options)  # for --workers
+        super().parseOptions(options)
+
+    def opt_version(self) -> None:
+        """Print txfbtftp's version and exit."""
+        print("txfbtftp %s" % __version__)
+        raise SystemExit(0)
+
+    def opt_backend(self, value: str) -> None:
+        """Where files come from, SCHEME:ARG (e.g. fs:/srv/tftp); repeat to chain several."""
+        self["backends"].append(value)
+
+    opt_b = opt_backend
+
+    def opt_interface(self, value: str) -> None:
+        """Address to listen on; repeat for several (default :: , dual stack)."""
+        self["interfaces"].append(value.strip("[]"))
+
+    opt_i = opt_interface
+
+    def opt_metrics_path_class(self, value: str) -> None:
+        """REGEX=NAME: label matching paths NAME in metrics; repeatable, first match wins."""
+        self["path_class_rules"].append(value)
+
+    def postOptions(self) -> None:
+        if self["remap"]:
+            self["rules"] = self._rules()
+        if self["remap-test"]:
+            if self["rules"] is None:
+                raise usage.UsageError("--remap-test needs --remap FILE")
+            raise SystemExit(try_rules(self["rules"], sys.stdin, sys.stdout))
+        if not self["backends"]:
+            raise usage.UsageError("--backend is required, e.g. --backend fs:/srv/tftp")
+        for spec in self["backends"]:
+            try:
+                check_spec(spec)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        if not self["interfaces"]:
+            self["interfaces"] = ["::"]
+        self["config"] = self._config()
+        self._fetching()
+        self._observability()
+
+    def _config(self) -> ServerConfig:
+        if not 0 <= self["port"] <= 65535:
+            raise usage.UsageError("--port must be within 0..65535")
+        try:
+            schedule = Schedule.parse(self["timeouts"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        try:
+            upload = parse_size(self["max-upload-size"]) if self["max-upload-size"] else None
+        except ValueError:
+            raise usage.UsageError("--max-upload-size takes a size such as 1048576, 512K or 64M") from None
+        try:
+            limits = Limits(self["max-blksize"], self["max-windowsize"], upload)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        prange: tuple[int, int] | None = None
+        if self["port-range"]:
+            try:
+                prange = _range(self["port-range"])
+                if not 0 < prange[0] <= prange[1] <= 65535:
+                    raise ValueError
+            except ValueError:
+                raise usage.UsageError("--port-range takes LOW:HIGH, e.g. 50000:50999") from None
+        if self["rto-min"] <= 0:
+            raise usage.UsageError("--rto-min must be positive")
+        for name in ("max-sessions", "max-queue", "max-sessions-per-client", "busy-poll"):
+            if self[name] < 0:
+                raise usage.UsageError("--%s must not be negative" % name)
+        if self["queue-wait"] <= 0:
+            raise usage.UsageError("--queue-wait must be positive")
+        if not 1 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be within 1..256")
+        return ServerConfig(
+            limits=limits, schedule=schedule, adaptive=not self["no-adaptive"],
+            rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"],
+            busy_poll=self["busy-poll"] / 1e6, max_sessions=self["max-sessions"], max_queue=self["max-queue"],
+            max_sessions_per_client=self["max-sessions-per-client"], max_queue_wait=self["queue-wait"],
+            reuse_port=self["workers"] > 1)
+
+    def _fetching(self) -> None:
+        """Check the settings of backends that fetch from elsewhere (http:, its cache)."""
+        if self["http-timeout"] <= 0:
+            raise usage.UsageError("--http-timeout must be positive")
+        if self["cache-revalidate"] < 0:
+            raise usage.UsageError("--cache-revalidate must not be negative")
+        try:
+            self["cache_size"] = parse_size(self["cache-size"])
+        except ValueError:
+            raise usage.UsageError("--cache-size takes a size such as 512M or 20G") from None
+
+    def _observability(self) -> None:
+        """Check the statistics, metrics and log options; ask twistd for JSON logs."""
+        if self["stats-interval"] < 0:
+            raise usage.UsageError("--stats-interval must not be negative")
+        try:
+            self["path_classes"] = PathClasses(self["path_class_rules"])
+        except ValueError as e:
+            raise usage.UsageError("--metrics-path-class: %s" % e) from None
+        spec = self["metrics"]
+        if spec is not None:
+            spec = self["metrics"] = "tcp:" + spec if spec.isdigit() else spec
+            try:
+                serverFromString(None, spec)  # parsed again with twistd's reactor in makeService
+            except (ValueError, TypeError) as e:
+                raise usage.UsageError("--metrics takes an endpoint such as tcp:9469 (%s)" % e) from None
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format is text or json")
+        parent = self.parent
+        if self["log-format"] == "json" and parent is not None:
+            if parent.get("logger") or parent.get("logfile") not in (None, "-") or parent.get("syslog"):
+                raise usage.UsageError("--log-format json writes to standard output: "
+                                       "drop twistd's --logger, --logfile and --syslog")
+            if not (parent.get("nodaemon") or parent.get("debug")):
+                raise usage.UsageError("--log-format json writes to standard output: run twistd -n")
+            parent["logger"] = "txfbtftp.json_observer"
+
+    def backend_settings(self) -> dict[str, Any]:
+        """What backend factories take, besides the reactor."""
+        return dict(writable=self["writable"], overwrite=self["overwrite"], http_timeout=self["http-timeout"],
+                    cache_dir=self["cache-dir"], cache_size=self["cache_size"],
+                    cache_revalidate=self["cache-revalidate"])
+
+    def _rules(self) -> list[Rule]:
+        try:
+            return load_rules(self["remap"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None

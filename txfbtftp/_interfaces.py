@@ -1,0 +1,109 @@
+"""The seams of txfbtftp: what a backend provides, and what it is given.
+
+A backend answers reads (:class:`IBackend`) and, if it takes uploads,
+writes (:class:`IWritableBackend`); a read-only backend has no
+``get_writer`` to write.  One that holds resources between start and stop
+(connection pools, caches, files it reloads) also provides
+:class:`ILifecycle`, and the service that serves it calls those methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar, Union
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+#: ``(host, port)``; hosts in their natural form (``192.0.2.7``, never
+#: ``::ffff:192.0.2.7``).
+Address = tuple[str, int]
+
+_T = TypeVar("_T")
+#: A value, or a Deferred that fires with it: what backends may return.
+MaybeDeferred = Union[_T, "Deferred[_T]"]
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Everything a backend may base its answer on, passed explicitly.
+
+    ``local`` is the address the request was sent to, which on a multi-homed
+    host tells which network the client is on.  ``options`` are the
+    client's, lower-cased.
+    """
+
+    path: str
+    client: Address
+    local: Address
+    mode: str
+    options: dict[str, str] = field(default_factory=dict)
+    write: bool = False
+
+
+class IReader(Interface):
+    """A file being downloaded."""
+
+    size = Attribute("Size in bytes as it will be sent (int), or None when unknown.")
+
+    def read(n: int) -> MaybeDeferred[bytes]:
+        """Return up to ``n`` bytes, or a Deferred firing with them.
+
+        Fewer than ``n`` bytes means the end of the file.  A synchronous
+        reader keeps the data path free of Deferreds; return one only when
+        the bytes are not at hand.
+        """
+
+    def close() -> None:
+        """Release resources; called exactly once, however the session ends."""
+
+
+class IWriter(Interface):
+    """A file being uploaded.  Nothing is visible before ``commit``."""
+
+    def write(data: bytes) -> Deferred[None] | None:
+        """Store ``data``; may return a Deferred."""
+
+    def commit() -> Deferred[None] | None:
+        """The upload is complete and may become visible; may return a Deferred."""
+
+    def abort() -> None:
+        """Discard everything written; called on any failure or timeout."""
+
+
+class IBackend(Interface):
+    """Answers reads.
+
+    ``get_reader`` may return the reader, a Deferred firing with it, or
+    raise (or fail with) a :class:`~txfbtftp.TFTPError` subclass, which
+    becomes the ERROR the client sees.
+    """
+
+    def get_reader(path: str, request: TransferRequest) -> MaybeDeferred[IReader]:
+        """An :class:`IReader` for ``path``."""
+
+
+class IWritableBackend(IBackend):
+    """Answers reads and uploads.  A backend without it refuses every upload
+    with ERROR 2."""
+
+    def get_writer(path: str, request: TransferRequest) -> MaybeDeferred[IWriter]:
+        """An :class:`IWriter` for ``path``; may refuse as ``get_reader`` does."""
+
+
+class ILifecycle(Interface):
+    """Something (usually a backend) with resources to set up and release.
+
+    :class:`~txfbtftp.TFTPService` calls :meth:`start` when it starts, after
+    its ports are bound and after ``twistd`` dropped privileges and
+    chrooted, so files are created by the user that serves them; and
+    :meth:`stop` when it stops, after the sessions ended.  Wrapping backends
+    (chains, remapping) pass both on to what they wrap.
+    """
+
+    def start() -> None:
+        """Acquire what serving needs; raise ValueError (one clear sentence) if it cannot."""
+
+    def stop() -> Deferred[None] | None:
+        """Release everything: no connection, timer or thread left behind."""

@@ -1,0 +1,1 @@
+"""UDP for TFTP: the listening port, session sockets, batched sends, port ranges."""

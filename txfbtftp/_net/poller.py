@@ -1,0 +1,147 @@
+"""Session sockets behind one poller.
+
+Every session has its own socket (a new transfer ID, as RFC 1350 wants), and
+in lock-step each block is one wake-up.  Letting the reactor dispatch each
+socket costs more Python than the transfer itself, so all session sockets
+sit behind one inner epoll that the reactor sees as a single reader.  When
+traffic is flowing it keeps polling for a short, bounded while
+(``busy_poll``) before handing control back, so the next ACK of a fast
+client is read without a round trip through the reactor and without the
+latency of waking a sleeping process; ``time_slice`` bounds how long other
+events can wait.  The listening ports are served from inside the same loop,
+so new requests are not kept waiting while sessions stream.
+"""
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import time
+from typing import Any
+from collections.abc import Callable, Iterable
+
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txfbtftp._net.batch import BatchSender
+from txfbtftp._net.listener import MAX_DATAGRAM
+from txfbtftp._observe.logs import log
+
+Handler = Callable[[bytes, tuple[Any, ...]], None]
+
+
+@implementer(IReadDescriptor)
+class SessionSockets:
+    """Session sockets multiplexed behind one reactor reader (Linux epoll)."""
+
+    def __init__(self, reactor: IReactorFDSet, busy_poll: float = 0.0002, time_slice: float = 0.005) -> None:
+        self.reactor = reactor
+        self.busy_poll = busy_poll
+        self.time_slice = time_slice
+        #: How this poller's sockets send a window.
+        self.sender = BatchSender()
+        self._ep = select.epoll()
+        self._handlers: dict[int, tuple[socket.socket | None, Callable[..., object]]] = {}
+        reactor.addReader(self)
+
+    def watch(self, reader: IReadDescriptor) -> None:
+        """Also serve ``reader`` (a listening port) from inside the loop."""
+        fd = reader.fileno()
+        self._handlers[fd] = (None, reader.doRead)
+        self._ep.register(fd, select.EPOLLIN)
+
+    def unwatch(self, reader: IReadDescriptor) -> None:
+        fd = reader.fileno()
+        if self._handlers.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+
+    def bind(self, family: int, host: str, ports: Iterable[int], scope_id: int = 0) -> socket.socket:
+        """A non-blocking socket bound to ``host`` and the first free of ``ports``.
+
+        Raises OSError (EADDRINUSE when every port was taken).
+        """
+        err: OSError | None = None
+        for port in ports:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((host, port, 0, scope_id) if family == socket.AF_INET6 else (host, port))
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                err = e
+                continue
+            return sock
+        raise err or OSError(errno.EADDRINUSE, "no free port")
+
+    def register(self, sock: socket.socket, handler: Handler) -> None:
+        """Call ``handler(data, addr)`` for each datagram ``sock`` receives."""
+        fd = sock.fileno()
+        try:
+            self._ep.register(fd, select.EPOLLIN)
+        except (OSError, ValueError):
+            sock.close()
+            raise
+        self._handlers[fd] = (sock, handler)
+
+    def close(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if fd >= 0 and self._handlers.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+        sock.close()
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def logPrefix(self) -> str:
+        return "txfbtftp-sessions"
+
+    def doRead(self) -> None:
+        poll = self._ep.poll
+        handlers = self._handlers
+        clock = time.monotonic
+        start = last = clock()
+        end = start + self.time_slice
+        idle = self.busy_poll
+        while True:
+            events = poll(0)
+            if events:
+                for fd, _ in events:
+                    entry = handlers.get(fd)
+                    if entry is None:
+                        continue
+                    sock = entry[0]
+                    if sock is None:
+                        try:
+                            entry[1]()  # a listening port
+                        except Exception:
+                            log.failure("error reading a listening port")
+                        continue
+                    try:
+                        data, addr = sock.recvfrom(MAX_DATAGRAM)
+                    except OSError:
+                        continue  # EAGAIN, or an ICMP error queued on the socket
+                    try:
+                        entry[1](data, addr)
+                    except Exception:
+                        log.failure("error handling a datagram from {addr!r}", addr=addr)
+                last = now = clock()
+            else:
+                now = clock()
+                if now - last >= idle:
+                    return
+            if now >= end:
+                return
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.reactor.removeReader(self)
+        for sock, _ in list(self._handlers.values()):
+            if sock is not None:
+                self.close(sock)
+        self._handlers.clear()
+        self._ep.close()

@@ -1,0 +1,1 @@
+"""What happened: logs, session records, server statistics, Prometheus metrics."""

@@ -1,0 +1,1 @@
+"""The server: listening protocol, sessions, admission, timers, the service."""

@@ -1,0 +1,107 @@
+"""Admission control: who starts a transfer now, and who waits.
+
+When a rack powers on, serving every request at once makes every transfer
+slow, and slow transfers time out.  With a limit on active sessions, the
+requests over it wait in a bounded FIFO queue and start as soon as a slot
+frees: admitted clients finish fast, queued ones start within their ROM's
+patience, and a full queue is answered "server busy" at once.  A client
+repeating its request while queued keeps its place (and proves it is still
+there); one that has gone quiet for ``max_wait`` seconds loses it.
+"""
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable
+
+Key = tuple[str, int]
+
+
+class Verdict(enum.Enum):
+    START = "start"
+    QUEUED = "queued"
+    REPEATED = "repeated"
+    BUSY = "busy"
+
+
+class Admission:
+    """Counts active sessions and keeps the waiting line.  Pure bookkeeping:
+    the caller passes the time and a ``start`` callable per request."""
+
+    def __init__(self, max_sessions: int = 0, max_queue: int = 1024, per_client: int = 0,
+                 max_wait: float = 30.0) -> None:
+        self.max_sessions = max_sessions
+        self.max_queue = max_queue
+        self.per_client = per_client
+        self.max_wait = max_wait
+        self.active = 0
+        self._by_client: dict[str, int] = {}
+        self._queue: OrderedDict[Key, list] = OrderedDict()
+        self._admitting = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _room(self, host: str) -> bool:
+        if self.max_sessions and self.active >= self.max_sessions:
+            return False
+        return not self.per_client or self._by_client.get(host, 0) < self.per_client
+
+    def offer(self, key: Key, start: Callable[[], None], now: float) -> Verdict:
+        """A request from ``key``: start it, queue it, or refuse it."""
+        waiting = self._queue.get(key)
+        if waiting is not None:
+            waiting[0], waiting[1] = start, now  # the latest request, seen just now
+            return Verdict.REPEATED
+        if not self._queue and self._room(key[0]):
+            self._begin(key[0])
+            start()
+            return Verdict.START
+        if len(self._queue) >= self.max_queue:
+            self._expire(now)
+            if len(self._queue) >= self.max_queue:
+                return Verdict.BUSY
+        self._queue[key] = [start, now]
+        self._admit(now)
+        return Verdict.QUEUED if key in self._queue else Verdict.START
+
+    def clear(self) -> None:
+        """Nobody waits any more (the server is stopping)."""
+        self._queue.clear()
+
+    def release(self, host: str, now: float) -> None:
+        """A session of ``host`` ended: admit whoever can go next."""
+        self.active -= 1
+        n = self._by_client.get(host, 0) - 1
+        if n > 0:
+            self._by_client[host] = n
+        else:
+            self._by_client.pop(host, None)
+        self._admit(now)
+
+    def _begin(self, host: str) -> None:
+        self.active += 1
+        self._by_client[host] = self._by_client.get(host, 0) + 1
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, (_, seen) in self._queue.items() if now - seen > self.max_wait]:
+            del self._queue[key]
+
+    def _admit(self, now: float) -> None:
+        # A started session may end at once (file not found) and release its
+        # slot from inside start(): the outer call keeps admitting instead.
+        if self._admitting:
+            return
+        self._admitting = True
+        try:
+            self._expire(now)
+            while self._queue and not (self.max_sessions and self.active >= self.max_sessions):
+                key = next((k for k in self._queue if self._room(k[0])), None)
+                if key is None:
+                    return
+                start, _ = self._queue.pop(key)
+                self._begin(key[0])
+                start()
+        finally:
+            self._admitting = False

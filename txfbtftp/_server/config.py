@@ -1,0 +1,42 @@
+"""Server-wide settings, as one immutable value."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from txfbtftp._protocol.options import Limits
+from txfbtftp._protocol.schedule import DEFAULT_SCHEDULE, Schedule
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a server negotiates, retransmits, uses ports and admits requests."""
+
+    limits: Limits = field(default_factory=Limits)
+    #: The watchdog: waits before each retransmission of the first packet,
+    #: and the bounds of the adaptive timer after it.
+    schedule: Schedule = DEFAULT_SCHEDULE
+    #: Estimate the round trip after the first exchange (RFC 6298).
+    adaptive: bool = True
+    #: The adaptive timer's floor, seconds.
+    rto_min: float = 0.05
+    #: How long an upload's final ACK is repeated for a repeated last block.
+    dally: float = 5.0
+    #: Session sockets come from this range (inclusive) instead of anywhere.
+    port_range: tuple[int, int] | None = None
+    #: Serve every session from the listening port (NAT, containers).
+    single_port: bool = False
+    #: Keep polling session sockets this long after the last datagram before
+    #: returning to the reactor (0 disables); see txfbtftp._net.poller.
+    busy_poll: float = 0.0002
+    #: The longest the session sockets keep the reactor waiting.
+    time_slice: float = 0.005
+    #: Admission control (txfbtftp._server.admission): active sessions at most (0:
+    #: no limit), how many requests may wait for a slot, how many sessions
+    #: one client address may have (0: no limit), and how long a queued
+    #: client that stopped repeating its request keeps its place.
+    max_sessions: int = 0
+    max_queue: int = 1024
+    max_sessions_per_client: int = 0
+    max_queue_wait: float = 30.0
+    #: Share the listening port(s) with other processes (SO_REUSEPORT).
+    reuse_port: bool = False

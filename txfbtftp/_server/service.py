@@ -1,0 +1,156 @@
+"""``TFTPService``: txfbtftp as one ``IService`` inside any Twisted application.
+
+The service binds its listening ports in ``privilegedStartService`` (port 69
+needs root, or CAP_NET_BIND_SERVICE), and starts its backend in
+``startService``, which ``twistd`` calls after dropping privileges and
+chrooting: files the backend creates belong to the user that serves them.
+Stopping ends the sessions, closes the ports and then stops the backend, so
+no connection, timer or thread outlives the service.
+"""
+from __future__ import annotations
+
+import errno
+import resource
+from typing import Any
+from collections.abc import Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from prometheus_client import CollectorRegistry
+
+from txfbtftp._interfaces import Address, IBackend, ILifecycle
+from txfbtftp._net.listener import ListeningPort
+from txfbtftp._net.poller import SessionSockets
+from txfbtftp._observe.logs import log
+from txfbtftp._observe.metrics import Metrics, as_metrics
+from txfbtftp._observe.records import SessionRecord
+from txfbtftp._observe.stats import ServerStats
+from txfbtftp._server.admission import Admission
+from txfbtftp._server.config import ServerConfig
+from txfbtftp._server.dispatcher import AnySession, TFTPProtocol
+from txfbtftp._types import IServerReactor
+
+
+def raise_fd_limit() -> int:
+    """Every session holds a socket: lift the soft open-file limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class TFTPService(Service):
+    """Listens on ``port`` at each of ``interfaces`` and serves ``backend``.
+
+    The default interface ``::`` is dual stack (IPv4 clients arrive mapped
+    and are shown in their natural form); on a host without IPv6 it falls
+    back to ``0.0.0.0``.  ``session_stats_callback(record)`` runs as each
+    session ends, ``server_stats_callback(stats)`` every ``stats_interval``
+    seconds; ``metrics`` is a prometheus_client ``CollectorRegistry`` to
+    register in, or a :class:`~txfbtftp.Metrics` (to choose path classes).
+    """
+
+    def __init__(self, backend: IBackend, reactor: IServerReactor, port: int = 69,
+                 interfaces: Sequence[str] = ("::",), config: ServerConfig = ServerConfig(),
+                 session_stats_callback: Callable[[SessionRecord], Any] | None = None,
+                 server_stats_callback: Callable[[ServerStats], Any] | None = None,
+                 stats_interval: float = 60.0,
+                 metrics: Metrics | CollectorRegistry | None = None) -> None:
+        self.backend = backend
+        self.reactor = reactor
+        self.port = port
+        self.interfaces = list(interfaces)
+        self.config = config
+        self.protocols: list[TFTPProtocol] = []
+        self.listening: list[ListeningPort] = []
+        self.sockets: SessionSockets | None = None
+        self.admission: Admission | None = None
+        #: Every interface's counters; they outlive a restart.
+        self.stats = ServerStats(",".join(self.interfaces), stats_interval, reactor.seconds)
+        if session_stats_callback is not None:
+            self.stats.session_listeners.append(session_stats_callback)
+        self.server_stats_callback = server_stats_callback
+        self.metrics = as_metrics(metrics) if metrics is not None else None
+        if self.metrics is not None:
+            self.metrics.attach(self.stats)
+        self._backend_started = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def startService(self) -> None:
+        if not self.listening:
+            self._bind()  # started without privilegedStartService, as embedders and tests do
+        super().startService()
+        raise_fd_limit()
+        if ILifecycle.providedBy(self.backend) and not self._backend_started:
+            self.backend.start()
+            self._backend_started = True
+        if self.server_stats_callback is not None and self.stats.interval:
+            self.stats.start_reporting(self.reactor, self.server_stats_callback)
+
+    def _bind(self) -> None:
+        cfg = self.config
+        for iface in self.interfaces:
+            # The first protocol builds the admission queue and the session
+            # sockets from the config; the others share them.
+            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.sockets, self.stats, self.admission)
+            self.admission = proto.admission
+            lp = self._listen(proto, iface)
+            if not cfg.single_port:
+                self.sockets = proto.sockets
+                self.sockets.watch(lp)
+            self.protocols.append(proto)
+            self.listening.append(lp)
+            log.info("TFTP server listening on {iface} port {port}", iface=iface, port=lp.getHost().port)
+
+    def _listen(self, proto: TFTPProtocol, iface: str) -> ListeningPort:
+        lp = ListeningPort(self.port, proto, iface, self.reactor, self.config.reuse_port)
+        try:
+            lp.startListening()
+        except OSError as e:
+            if iface != "::" or e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            log.warn("IPv6 unavailable ({err}); listening on 0.0.0.0 instead", err=e)
+            lp = ListeningPort(self.port, proto, "0.0.0.0", self.reactor, self.config.reuse_port)
+            lp.startListening()
+        return lp
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        return int(self.listening[0].getHost().port)
+
+    @property
+    def bound_addresses(self) -> list[Address]:
+        """``(host, port)`` of every listening port."""
+        return [(lp.getHost().host, lp.getHost().port) for lp in self.listening]
+
+    @property
+    def sessions(self) -> dict[Address, AnySession]:
+        """The sessions in progress, by client address and port."""
+        out: dict[Address, AnySession] = {}
+        for proto in self.protocols:
+            out.update(proto.sessions)
+        return out
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.stats.stop_reporting()
+        for proto in self.protocols:
+            proto.stop_sessions()
+        if self.sockets is not None:
+            self.sockets.shutdown()
+            self.sockets = None
+        waits: list[Deferred[Any]] = [d for d in (lp.stopListening() for lp in self.listening) if d is not None]
+        self.protocols, self.listening, self.admission = [], [], None
+        if ILifecycle.providedBy(self.backend) and self._backend_started:
+            self._backend_started = False
+            waits.append(maybeDeferred(self.backend.stop))
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

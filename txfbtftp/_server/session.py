@@ -1,0 +1,329 @@
+"""One transfer's driver: the backend on one side, a machine in the middle,
+a link to the client on the other.
+
+A session asks the backend for a reader or writer (the only Deferred on the
+way in), negotiates the options and starts a machine from
+:mod:`txfbtftp._protocol`.  From then on every step (a datagram, a deadline,
+a backend's answer) runs the machine with one outbox, and what the step put
+in it goes out in one batch through the link.  :class:`Session` holds what
+both directions share: waiting on the backend (it must answer within the
+watchdog's patience), the session's slot in the host's timer wheel, and the
+end (the record, releasing the file and the link).
+:class:`~txfbtftp._server.read.ReadSession` and
+:class:`~txfbtftp._server.write.WriteSession` add their direction.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Generic, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from txfbtftp._interfaces import Address, IBackend, MaybeDeferred, TransferRequest
+from txfbtftp._net.listener import Local
+from txfbtftp._net.links import Link
+from txfbtftp._observe.logs import fmt, log
+from txfbtftp._observe.records import SessionRecord, log_record
+from txfbtftp._protocol import errors, packet
+from txfbtftp._protocol.machine import Machine, Outbox, Outcome, State
+from txfbtftp._protocol.options import Negotiated, negotiate
+from txfbtftp._protocol.schedule import RTOEstimator, Watchdog
+from txfbtftp._server.config import ServerConfig
+from txfbtftp._server.timers import Wheel
+
+MODES = ("octet", "netascii")
+_M = TypeVar("_M", bound=Machine)
+
+
+class SessionHost(Protocol):
+    """What a session needs from the listening protocol that made it."""
+
+    backend: IBackend
+    config: ServerConfig
+    clock: IReactorTime
+    wheel: Wheel
+
+    def open_link(self, session: Session[Any]) -> Link | None:
+        """The session's way to its client; None (after answering "busy") if there is none."""
+
+    def session_ended(self, session: Session[Any]) -> None:
+        """Account for a session that has ended (its record is set)."""
+
+
+class _Unlinked:
+    """The link of a session that has none (yet, or at all)."""
+
+    port: int | None = None
+
+    def send(self, packets: list[bytes]) -> None:
+        pass
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Session(Generic[_M]):
+    """What both directions share; subclasses supply the backend call and the machine."""
+
+    def __init__(self, host: SessionHost, request: packet.Request, peer: tuple[Any, ...], key: Address,
+                 local: Local, listening: Address) -> None:
+        self.host = host
+        self.request = request
+        #: The client in natural form; ``peer`` is its socket address.
+        self.key = key
+        self.peer = peer
+        self.local = local
+        self.transfer_request = TransferRequest(
+            path=request.filename, client=key, local=(local[0] if local else listening[0], listening[1]),
+            mode=request.mode, options=dict(request.options), write=not request.is_read)
+        self.link: Link = _Unlinked()
+        self.machine: _M | None = None
+        self.negotiated: Negotiated | None = None
+        self.outcome: Outcome | None = None
+        self.error_code: int | None = None
+        self.error_message = ""
+        #: The session's record, once it has ended.
+        self.record: SessionRecord | None = None
+        self.started_at = time.time()
+        self.started_clock = host.clock.seconds()
+        self._seconds = host.clock.seconds
+        self._out: Outbox = []
+        self._slot: int | None = None    # where the session waits in the timer wheel
+        self._slot_start = 0.0
+        self._pending: Deferred[Any] | None = None
+        self._stall: IDelayedCall | None = None
+        self._closed = False
+
+    @property
+    def established(self) -> bool:
+        """The client answered our first packet (a repeated request is then a new one)."""
+        m = self.machine
+        return m is not None and m.established
+
+    # -- what a direction supplies ------------------------------------------------
+    def _open(self, path: str, request: TransferRequest) -> MaybeDeferred[Any]:
+        raise NotImplementedError
+
+    def _adopt(self, handle: Any) -> int | None:
+        """Keep the backend's reader or writer; the size to offer as tsize."""
+        raise NotImplementedError
+
+    def _discard(self, handle: Any) -> None:
+        """Give back a reader or writer that arrived after the session ended."""
+        raise NotImplementedError
+
+    def _machine(self, neg: Negotiated, watchdog: Watchdog, oack: bytes | None) -> _M:
+        raise NotImplementedError
+
+    def _started(self, machine: _M, now: float) -> None:
+        """The machine has started; a sender fills its first window here."""
+
+    def _release(self, outcome: Outcome | None) -> None:
+        """Close or abort the reader or writer."""
+
+    def receive(self, data: bytes) -> None:
+        """A datagram from this session's client."""
+        raise NotImplementedError
+
+    # -- start-up -------------------------------------------------------------------
+    def begin(self) -> None:
+        link = self.host.open_link(self)
+        if link is None:
+            self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
+            return
+        self.link = link
+        if self.request.mode not in MODES:
+            self._refuse(packet.ERR_ILLEGAL, "Unsupported transfer mode")
+            return
+        d = maybeDeferred(self._open, self.request.filename, self.transfer_request)
+        self._wait_for(d)
+        d.addCallbacks(self._opened, self._open_failed)
+        d.addErrback(self._crashed)
+
+    def _opened(self, handle: Any) -> None:
+        self._done_waiting()
+        if self._closed:
+            self._discard(handle)
+            return
+        cfg = self.host.config
+        size = self._adopt(handle)
+        try:
+            neg = self.negotiated = negotiate(self.request, cfg.limits, size)
+        except errors.TFTPError as e:
+            self._refuse(e.code, e.message)
+            return
+        schedule = cfg.schedule if neg.timeout is None else cfg.schedule.based_on(neg.timeout)
+        estimator = RTOEstimator(cfg.rto_min) if cfg.adaptive and neg.timeout is None else None
+        m = self.machine = self._machine(neg, Watchdog(schedule, estimator),
+                                         packet.oack(neg.accepted) if neg.accepted else None)
+        now = self._seconds()
+        m.start(now, self._out)
+        self._started(m, now)
+        self._flush()
+        self._after(m, now)
+
+    def _open_failed(self, failure: Failure) -> None:
+        self._done_waiting()
+        if self._closed:
+            return
+        code, message, expected = errors.to_tftp(failure.value or Exception())
+        if not expected:
+            log.failure("backend failed for {path!r} from {peer}", failure,
+                        path=self.request.filename, peer=fmt(self.key))
+        self._refuse(code, message)
+
+    def _crashed(self, failure: Failure) -> None:
+        log.failure("session for {peer} crashed", failure, peer=fmt(self.key))
+        if not self._closed:
+            self._refuse(packet.ERR_UNDEFINED, packet.MESSAGES[packet.ERR_UNDEFINED])
+
+    def _refuse(self, code: int, message: str) -> None:
+        self._out.append(packet.error(code, message))
+        self._close(Outcome.SERVER_ERROR, code, message)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self.link.send(out)
+            out.clear()
+
+    def _io_failed(self, failure: Failure) -> None:
+        self._done_waiting()
+        m = self.machine
+        if self._closed or m is None:
+            return
+        code, message, expected = errors.to_tftp(failure.value or Exception())
+        if not expected:
+            log.failure("I/O failed for {path!r} from {peer}", failure,
+                        path=self.request.filename, peer=fmt(self.key))
+        m.fail(code, message, self._out)
+        self._flush()
+        self._after(m, self._seconds())
+
+    # -- waiting on the backend ---------------------------------------------------------
+    def _wait_for(self, d: Deferred[Any]) -> None:
+        """``d`` (a backend call) must answer within the watchdog's patience."""
+        self._pending = d
+        if d.called:
+            return  # a synchronous answer: nothing to watch
+        patience = self.host.config.schedule.total
+        if self._stall is not None and self._stall.active():
+            self._stall.reset(patience)
+        else:
+            self._stall = self.host.clock.callLater(patience, self._stalled)
+
+    def _done_waiting(self) -> None:
+        self._pending = None
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        d = self._pending
+        if self._closed or d is None:
+            return
+        self._pending = None
+        log.info("{peer} {path!r}: no answer from the backend in {s:.0f}s", peer=fmt(self.key),
+                 path=self.request.filename, s=self.host.config.schedule.total)
+        m = self.machine
+        if m is None:
+            self._refuse(packet.ERR_UNDEFINED, "Timed out fetching the file")
+        else:
+            m.fail(packet.ERR_UNDEFINED, "Timed out fetching the file", self._out)
+            self._flush()
+            self._after(m, self._seconds())
+        d.cancel()
+
+    # -- time and the end -----------------------------------------------------------------
+    def _after(self, m: Machine, now: float) -> None:
+        if m.state is State.DONE:
+            self._close(m.outcome, m.error_code, m.error_message)
+            return
+        deadline = m.deadline
+        if deadline is not None and (self._slot is None or deadline < self._slot_start):
+            wheel = self.host.wheel
+            self._slot = wheel.arm(self, deadline)
+            self._slot_start = wheel.start_of(self._slot)
+
+    def wheel_fired(self, slot: int, now: float) -> None:
+        """Our slot in the timer wheel came: is the deadline really here?"""
+        m = self.machine
+        if slot != self._slot or self._closed or m is None:
+            return  # an entry left behind when the deadline moved earlier
+        self._slot = None
+        # The slot ends at or after the deadline; a float's last bit must not
+        # send the session round the wheel again.
+        if m.deadline is not None and now + 1e-6 >= m.deadline:
+            # Under load the answer is often there, unread: read it before
+            # deciding it was lost.
+            self.link.drain()
+            if self._closed:
+                return
+            if m.deadline is not None and now + 1e-6 >= m.deadline:
+                m.timeout(max(now, m.deadline), self._out)
+                self._flush()
+        self._after(m, now)
+
+    def abandon(self, why: str) -> None:
+        """End without a word to the client."""
+        if self._closed:
+            return
+        m = self.machine
+        if m is not None:
+            m.abandon(why)
+            self._close(m.outcome, m.error_code, m.error_message)
+        else:
+            self._close(Outcome.CLIENT_ERROR, None, why)
+
+    def _close(self, outcome: Outcome | None, code: int | None, message: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.outcome, self.error_code, self.error_message = outcome, code, message
+        self._slot = None
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+        self._flush()  # a final ERROR may still be in this step's outbox
+        try:
+            self._release(outcome)
+        except Exception:
+            log.failure("closing the file of {peer} failed", peer=fmt(self.key))
+        self.link.close()
+        self.record = record(self, time.time(), self._seconds())
+        self.host.session_ended(self)
+        log_record(self.record)
+
+
+def record(session: Session[Any], ended_at: float, now: float) -> SessionRecord:
+    """``session``'s record, as it ends at ``ended_at`` (wall clock), ``now`` (reactor clock)."""
+    req, m, neg, outcome = session.request, session.machine, session.negotiated, session.outcome
+    if m is not None:
+        counts = (m.bytes, m.bytes_sent, m.packets_sent, m.packets_received, m.retransmits, m.duplicates)
+        first = m.first_reply_at
+    else:
+        # Refused before the transfer started: the one packet sent was the ERROR.
+        counts = (0, 0, 1 if outcome is Outcome.SERVER_ERROR else 0, 0, 0, 0)
+        first = None
+    local_host, local_port = session.transfer_request.local
+    return SessionRecord(
+        client=session.key[0], client_port=session.key[1], local=local_host, local_port=local_port,
+        path=req.filename, mode=req.mode, direction="read" if req.is_read else "write",
+        options_requested=dict(req.options),
+        options_acknowledged=dict(neg.accepted) if neg is not None else {},
+        blksize=m.blksize if m is not None else None,
+        windowsize=m.windowsize if m is not None else None,
+        tsize=neg.tsize if neg is not None else None,
+        started_at=session.started_at, ended_at=ended_at,
+        duration=max(0.0, now - session.started_clock),
+        time_to_first_packet=None if first is None else max(0.0, first - session.started_clock),
+        bytes_transferred=counts[0], bytes_sent=counts[1], packets_sent=counts[2],
+        packets_received=counts[3], retransmits=counts[4], duplicates=counts[5],
+        outcome=(outcome or Outcome.SERVER_ERROR).value, error_code=session.error_code,
+        error_message=session.error_message or "", tsize_probe=bool(m is not None and m.tsize_probe))
