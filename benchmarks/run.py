@@ -502,8 +502,11 @@ def build_table(scenarios, servers, recs):
 
 def print_table(head, rows, has_ratio, out=sys.stdout):
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r):
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
     if has_ratio:
         print("ratio >1 means txfbtftp is better: txfbtftp/tftpd-hpa for MB/s, "
               "tftpd-hpa/txfbtftp for seconds and RSS", file=out)

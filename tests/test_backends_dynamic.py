@@ -23,6 +23,7 @@ from txfbtftp import IWritableBackend, TransferRequest
 from txfbtftp._backends.remap import RemapBackend, normalise, parse_rules, rewrite, try_rules
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.tap import build_backend
+from txfbtftp.testing import MemoryServer
 from txfbtftp._daemon.tap import makeService
 
 from . import clients
@@ -535,3 +536,16 @@ def test_remap_over_a_chain_with_tftp_hpa(serve, templates, root, tmp_path):
     assert (tmp_path / "hello").read_bytes() == b"Hello from txfbtftp\n"
     res = yield fetch("tftp-hpa", svc, "secret", tmp_path / "secret")
     assert clients.server_error(res) == clients.ServerError(2, "No secrets")
+
+
+def test_templates_answer_each_client_by_its_address_in_memory(templates):
+    """The whole server in memory (txfbtftp.testing): the client's address
+    reaches the template through the request, whatever the path."""
+    backend = TemplateBackend(str(templates))
+    backend.start()
+    server = MemoryServer(backend, address=("10.0.0.1", 69))
+    known = server.get("pxelinux.cfg/01-88-99-aa-bb-cc-dd", client=("10.0.0.5", 2000), options={"tsize": "0"})
+    assert known.data == b"host web01 mac 88:99:aa:bb:cc:dd from 10.0.0.5 via 10.0.0.1\n"
+    assert known.options == {"tsize": str(len(known.data))} and known.record.reason == "ok"
+    stranger = server.get("boot.ipxe", client=("10.0.0.99", 2000))
+    assert (stranger.error_code, stranger.record.reason) == (1, "not_found")  # not in .clients

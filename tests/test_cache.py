@@ -7,12 +7,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from txfbtftp import CacheBackend, HTTPOrigin, ServerConfig, TFTPService
 from txfbtftp import _backends as backends
 from txfbtftp._protocol import errors
-from txfbtftp import HTTPOrigin
-from txfbtftp import CacheBackend
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.tap import build_backend
 
@@ -297,3 +297,35 @@ def test_curl_through_http_and_the_cache(serve, origin, tmp_path):
         assert len(origin.seen) == 1
     finally:
         yield backend.origin.stop()
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["http", "http+cache"])
+@pytest_twisted.inlineCallbacks
+def test_stopping_the_service_leaves_no_connection_or_timer_behind(origin, tmp_path, cached):
+    """The service owns its backend's lifecycle: stopping it closes the origin's
+    pooled connections and cancels every timer its sessions and fetches set."""
+    from twisted.internet import tcp
+
+    def ours():
+        calls = {c for c in reactor.getDelayedCalls() if c.active()}
+        conns = {r for r in reactor.getReaders() + reactor.getWriters() if isinstance(r, tcp.Client)}
+        return calls, conns
+
+    body = _body(7, 200_000)
+    origin.add("initrd", body)
+    calls_before, conns_before = ours()
+    backend = backends.from_spec("http:" + origin.base, reactor=reactor,
+                                 cache_dir=str(tmp_path / "c") if cached else None)
+    svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], ServerConfig(dally=0.05))
+    svc.startService()
+    c = _listen()
+    data, _, _ = yield rawclient.download(c, ("127.0.0.1", svc.bound_port), "initrd", {"blksize": "1468"})
+    yield c.close()
+    assert data == body
+    calls, conns = ours()
+    assert conns - conns_before, "the origin connection is pooled while serving"
+    yield svc.stopService()
+    yield deferLater(reactor, 0.05, lambda: None)  # closing connections takes a turn
+    calls, conns = ours()
+    assert conns - conns_before == set()
+    assert {c for c in calls - calls_before if c.getTime() > reactor.seconds() + 0.1} == set()

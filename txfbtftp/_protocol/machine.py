@@ -108,6 +108,10 @@ class Machine:
         """Send the first packet, if the direction has one to send."""
         raise NotImplementedError
 
+    def receive(self, data: bytes, now: float, out: Outbox) -> bytes | None:
+        """A datagram from the peer; an upload's receiver returns the payload to store."""
+        raise NotImplementedError
+
     def timeout(self, now: float, out: Outbox) -> None:
         """The deadline came: retransmit, or give up when the patience has run out."""
         raise NotImplementedError

@@ -21,6 +21,9 @@ DEFAULT_SPEC = "1,2,4,8,16,32"
 
 @dataclass(frozen=True)
 class Schedule:
+    """The waits before each retransmission of a session's first packet, in
+    seconds; their sum is the patience for a silent peer."""
+
     waits: tuple[float, ...]
 
     def __post_init__(self) -> None:
