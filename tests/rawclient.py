@@ -90,4 +90,6 @@ def download(client, server, name, options=None, ack_oack=True):
                 since_ack = 0
             if last:
                 return b"".join(out), oack, tid
+        elif window == 1 and block == (expect - 1) & 0xFFFF:
+            client.send(packet.ack(block), tid)  # our ACK was lost: the server repeats, we answer again
         data, _ = yield client.recv_from(tid)

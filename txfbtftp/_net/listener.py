@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 from typing import Any, Protocol
 
 from twisted.internet import udp
@@ -25,8 +26,9 @@ from txfbtftp._observe.logs import log
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 MAX_DATAGRAM = 65536
-_CMSG_SPACE = socket.CMSG_SPACE(20) * 2
+_CMSG_SPACE = socket.CMSG_SPACE(20) * 2 + socket.CMSG_SPACE(16)
 
 #: ``(host, interface index)`` of the address a datagram was sent to.
 Local = tuple[str, int] | None
@@ -38,15 +40,17 @@ _READ_IGNORE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED
 class PacketReceiver(Protocol):
     """What a :class:`ListeningPort` delivers to."""
 
-    def packetReceived(self, data: bytes, addr: tuple[Any, ...], local: Local) -> None: ...
+    def packetReceived(self, data: bytes, addr: tuple[Any, ...], local: Local, age: float = 0.0) -> None: ...
 
 
 class ListeningPort(udp.Port):
-    """Delivers ``(data, peer, local)`` to its protocol's ``packetReceived``.
+    """Delivers ``(data, peer, local, age)`` to its protocol's ``packetReceived``.
 
     ``peer`` keeps the full socket address (with an IPv6 scope id);
     ``local`` is ``(host, interface index)`` of the address the datagram was
-    sent to, or None if the kernel did not say.
+    sent to, or None if the kernel did not say; ``age`` is how long the
+    datagram waited in the socket's queue (SO_TIMESTAMPNS), so that in a
+    storm a stale copy of a request can be told from a new one.
     """
 
     #: Room for a rack's worth of simultaneous requests (a boot storm).
@@ -65,10 +69,11 @@ class ListeningPort(udp.Port):
         if self.addressFamily == socket.AF_INET6:
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             skt.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        try:
-            skt.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        except OSError:
-            pass
+        for level, option in ((socket.IPPROTO_IP, IP_PKTINFO), (socket.SOL_SOCKET, SO_TIMESTAMPNS)):
+            try:
+                skt.setsockopt(level, option, 1)
+            except OSError:
+                pass
         return skt
 
     def doRead(self) -> None:
@@ -81,8 +86,9 @@ class ListeningPort(udp.Port):
                 if e.errno in _READ_IGNORE:
                     return
                 raise
+            local, arrived = _ancillary(anc)
             try:
-                deliver(data, addr, _destination(anc))
+                deliver(data, addr, local, time.time() - arrived if arrived else 0.0)
             except Exception:
                 log.failure("error handling a datagram from {addr!r}", addr=addr)
 
@@ -120,11 +126,16 @@ def _set_receive_buffer(skt: socket.socket, size: int) -> None:
             continue
 
 
-def _destination(ancillary: list[tuple[int, int, bytes]]) -> Local:
+def _ancillary(ancillary: list[tuple[int, int, bytes]]) -> tuple[Local, float]:
+    """The address a datagram was sent to, and when it arrived (0.0: unknown)."""
+    local: Local = None
+    arrived = 0.0
     for level, kind, payload in ancillary:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
-            return socket.inet_ntoa(payload[8:12]), struct.unpack("@i", payload[:4])[0]
-        if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
-            host = natural(socket.inet_ntop(socket.AF_INET6, payload[:16]))
-            return host, struct.unpack("@I", payload[16:20])[0]
-    return None
+            local = socket.inet_ntoa(payload[8:12]), struct.unpack("@i", payload[:4])[0]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(payload) >= 20:
+            local = natural(socket.inet_ntop(socket.AF_INET6, payload[:16])), struct.unpack("@I", payload[16:20])[0]
+        elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = struct.unpack("@qq", payload[:16])
+            arrived = sec + nsec * 1e-9
+    return local, arrived

@@ -103,6 +103,8 @@ class Machine:
         self.retransmits = 0
         self.duplicates = 0
         self.first_reply_at: float | None = None
+        #: When the peer was last heard from (any packet).
+        self.last_heard_at: float | None = None
 
     def start(self, now: float, out: Outbox) -> None:
         """Send the first packet, if the direction has one to send."""
@@ -145,6 +147,7 @@ class Machine:
 
     def _heard(self, now: float) -> None:
         self.packets_received += 1
+        self.last_heard_at = now
         if self.first_reply_at is None:
             self.first_reply_at = now
 

@@ -74,11 +74,13 @@ class TFTPProtocol(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.packetReceived(datagram, addr, None)
 
-    def packetReceived(self, data: bytes, addr: tuple[Any, ...], local: Local) -> None:
+    def packetReceived(self, data: bytes, addr: tuple[Any, ...], local: Local, age: float = 0.0) -> None:
+        """A datagram to the listening port, sent to ``local``, that waited
+        ``age`` seconds in the socket's queue."""
         key = (natural(addr[0]), addr[1])
         op = packet.opcode_of(data)
         if op == packet.RRQ or op == packet.WRQ:
-            self._request(data, addr, key, local)
+            self._request(data, addr, key, local, self.clock.seconds() - age)
             return
         if self.config.single_port:
             session = self.sessions.get(key)
@@ -92,7 +94,7 @@ class TFTPProtocol(DatagramProtocol):
         self._note_bad(key, "unexpected packet (opcode %s) on the listening port" % op)
         self.reply_error(addr, local, packet.ERR_ILLEGAL, packet.MESSAGES[packet.ERR_ILLEGAL])
 
-    def _request(self, data: bytes, addr: tuple[Any, ...], key: Address, local: Local) -> None:
+    def _request(self, data: bytes, addr: tuple[Any, ...], key: Address, local: Local, arrived: float) -> None:
         try:
             req = packet.parse_request(data)
         except packet.MalformedPacket as e:
@@ -101,9 +103,11 @@ class TFTPProtocol(DatagramProtocol):
             return
         existing = self.sessions.get(key)
         if existing is not None:
-            if not existing.established and existing.request.raw == data:
-                return  # a retransmitted request: the session answers it
+            if existing.request.raw == data and arrived <= existing.last_heard_at:
+                return  # a copy sent before the client's latest word: the session goes on
             existing.abandon("client sent a new request")
+        elif self._ended.stale(key, data, arrived):
+            return  # a copy that waited in the queue while its session ran to its end
         verdict = self.admission.offer(key, lambda: self._start(req, addr, key, local), self.clock.seconds())
         if verdict is Verdict.BUSY:
             self.stats.increment_counter("requests_refused_busy")
@@ -192,8 +196,7 @@ class TFTPProtocol(DatagramProtocol):
         try:
             if self.sessions.get(session.key) is session:
                 del self.sessions[session.key]
-            if self.config.single_port:
-                self._ended.add(session.key)
+            self._ended.add(session.key, session.request.raw)
             if self.ports is not None and session.link.port is not None:
                 self.ports.in_use.discard(session.link.port)
             if session.record is not None:

@@ -100,10 +100,14 @@ class Session(Generic[_M]):
         self._closed = False
 
     @property
-    def established(self) -> bool:
-        """The client answered our first packet (a repeated request is then a new one)."""
+    def last_heard_at(self) -> float:
+        """When the client's latest packet on the session was read; until it
+        answered our first packet, forever (its repeated request is a
+        retransmission)."""
         m = self.machine
-        return m is not None and m.established
+        if m is None or not m.established or m.last_heard_at is None:
+            return float("inf")
+        return m.last_heard_at
 
     # -- what a direction supplies ------------------------------------------------
     def _open(self, path: str, request: TransferRequest) -> MaybeDeferred[Any]:
