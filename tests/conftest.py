@@ -35,6 +35,7 @@ def serve(root, started):
     def start(backend=None, interfaces=("127.0.0.1",), reactor=reactor, on_record=None,
               writable=False, overwrite=False, **config):
         backend = backend or FilesystemBackend(str(root), writable=writable, overwrite=overwrite)
+        config.setdefault("shutdown_grace", 0)  # a test's end stops at once
         svc = TFTPService(backend, reactor, 0, interfaces, ServerConfig(**config), session_stats_callback=on_record)
         svc.startService()
         started.append(svc)
@@ -51,7 +52,8 @@ def service(root, started):
         if reactor is None:
             from twisted.internet import reactor
         backend = FilesystemBackend(str(root), writable=True)
-        svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], config or ServerConfig(dally=0.05), **kw)
+        svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], config or ServerConfig(dally=0.05, shutdown_grace=0),
+                          **kw)
         svc.startService()
         started.append(svc)
         return svc

@@ -316,7 +316,7 @@ def test_stopping_the_service_leaves_no_connection_or_timer_behind(origin, tmp_p
     calls_before, conns_before = ours()
     backend = backends.from_spec("http:" + origin.base, reactor=reactor,
                                  cache_dir=str(tmp_path / "c") if cached else None)
-    svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], ServerConfig(dally=0.05))
+    svc = TFTPService(backend, reactor, 0, ["127.0.0.1"], ServerConfig(dally=0.05, shutdown_grace=0))
     svc.startService()
     c = _listen()
     data, _, _ = yield rawclient.download(c, ("127.0.0.1", svc.bound_port), "initrd", {"blksize": "1468"})

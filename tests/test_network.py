@@ -91,7 +91,8 @@ def cli(root, started):
 
     def start(*args):
         o = Options()
-        o.parseOptions(["--backend", "fs:%s" % root, "--port", "0", "--stats-interval", "0"] + list(args))
+        o.parseOptions(["--backend", "fs:%s" % root, "--port", "0", "--stats-interval", "0", "--shutdown-grace", "0"]
+                       + list(args))
         svc = makeService(o)
         svc.startService()
         started.append(svc)

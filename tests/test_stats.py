@@ -124,7 +124,7 @@ def test_record_of_a_timeout_on_a_fake_clock(service):
     clock = Clock()
     records = []
     svc = service(reactor=HybridReactor(reactor, clock), session_stats_callback=records.append,
-                  config=ServerConfig(schedule=Schedule.parse("1,2"), adaptive=False))
+                  config=ServerConfig(schedule=Schedule.parse("1,2"), adaptive=False, shutdown_grace=0))
     c = listen()
     c.send(packet.request(packet.RRQ, "small.bin", "octet", {"blksize": "1024"}), addr(svc))
     oack, _ = yield c.recv()
@@ -190,7 +190,7 @@ def test_a_raising_callback_is_contained_and_later_listeners_still_run(service):
 @pytest_twisted.inlineCallbacks
 def test_counters_after_a_mixed_workload(service, root):
     port = free_udp_port()
-    svc = service(config=ServerConfig(port_range=(port, port), dally=0.05))
+    svc = service(config=ServerConfig(port_range=(port, port), dally=0.05, shutdown_grace=0))
     stats = svc.stats
     a, b = listen(), listen()
     yield download(a, addr(svc), "small.bin")                       # ok, 5000 bytes
@@ -239,7 +239,7 @@ def test_counters_after_a_mixed_workload(service, root):
 
 
 def test_reasons_are_a_bounded_set():
-    assert len(set(REASONS)) == len(REASONS) == 11
+    assert len(set(REASONS)) == len(REASONS) == 12 and "server_shutdown" in REASONS
 
 
 # -- the periodic report ------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A backend answers reads (:class:`IBackend`) and, if it takes uploads,
 writes (:class:`IWritableBackend`); a read-only backend has no
 ``get_writer`` to write.  One that holds resources between start and stop
-(connection pools, caches, files it reloads) also provides
-:class:`ILifecycle`, and the service that serves it calls those methods.
+(connection pools, caches) also provides :class:`ILifecycle`, and one whose
+configuration can be read again while serving :class:`IReloadable`; the
+service that serves it calls those methods.
 """
 from __future__ import annotations
 
@@ -107,3 +108,14 @@ class ILifecycle(Interface):
 
     def stop() -> Deferred[None] | None:
         """Release everything: no connection, timer or thread left behind."""
+
+
+class IReloadable(Interface):
+    """Something (usually a backend) whose configuration can be read again
+    while it serves: ``SIGHUP`` under the daemon, :meth:`TFTPService.reload`
+    in code.  Sessions in progress are not disturbed."""
+
+    def reload() -> list[str]:
+        """Read the configuration again; return what was reloaded, one short
+        description each.  If the new configuration is invalid, keep the old
+        one and raise ValueError saying why (one sentence)."""

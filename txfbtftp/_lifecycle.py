@@ -1,11 +1,11 @@
-"""Starting and stopping the parts of a backend that have a lifecycle."""
+"""Starting, stopping and reloading the parts of a backend that can."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from txfbtftp._interfaces import ILifecycle
+from txfbtftp._interfaces import ILifecycle, IReloadable
 
 
 def start_all(parts: Iterable[object]) -> None:
@@ -19,3 +19,12 @@ def stop_all(parts: Iterable[object]) -> Deferred[None]:
     """Stop every part that provides :class:`ILifecycle`; fires when all have stopped."""
     waits: list[Deferred[object]] = [maybeDeferred(part.stop) for part in parts if ILifecycle.providedBy(part)]
     return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+def reload_all(parts: Iterable[object]) -> list[str]:
+    """Reload every part that provides :class:`IReloadable`; what each reloaded."""
+    done: list[str] = []
+    for part in parts:
+        if IReloadable.providedBy(part):
+            done.extend(part.reload())
+    return done

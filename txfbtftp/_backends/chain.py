@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfbtftp._interfaces import IBackend, ILifecycle, IWritableBackend, TransferRequest
-from txfbtftp._lifecycle import start_all, stop_all
+from txfbtftp._interfaces import IBackend, ILifecycle, IReloadable, IWritableBackend, TransferRequest
+from txfbtftp._lifecycle import reload_all, start_all, stop_all
 from txfbtftp._protocol import errors
 
 _Passes = tuple[type[errors.TFTPError], ...]
@@ -29,7 +29,7 @@ _READ_PASSES: _Passes = (errors.FileNotFound,)
 _WRITE_PASSES: _Passes = (errors.FileNotFound, errors.AccessViolation)
 
 
-@implementer(IWritableBackend, ILifecycle)
+@implementer(IWritableBackend, ILifecycle, IReloadable)
 class ChainBackend:
     """Asks ``backends`` in order; synchronous answers stay synchronous."""
 
@@ -43,6 +43,9 @@ class ChainBackend:
 
     def stop(self) -> Deferred[None]:
         return stop_all(self.backends)
+
+    def reload(self) -> list[str]:
+        return reload_all(self.backends)
 
     def get_reader(self, path: str, request: TransferRequest) -> Any:
         return self._ask("get_reader", _READ_PASSES, path, request, 0, None)

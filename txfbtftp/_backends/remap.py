@@ -44,9 +44,9 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from txfbtftp._interfaces import (IBackend, ILifecycle, IReader, IWritableBackend, IWriter, MaybeDeferred,
-                                  TransferRequest)
-from txfbtftp._lifecycle import start_all, stop_all
+from txfbtftp._interfaces import (IBackend, ILifecycle, IReader, IReloadable, IWritableBackend, IWriter,
+                                  MaybeDeferred, TransferRequest)
+from txfbtftp._lifecycle import reload_all, start_all, stop_all
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 
@@ -225,13 +225,24 @@ def rewrite(path: str, rules: Sequence[Rule], client: str = "", write: bool = Fa
     return current
 
 
-@implementer(IWritableBackend, ILifecycle)
+@implementer(IWritableBackend, ILifecycle, IReloadable)
 class RemapBackend:
-    """``inner`` with every path normalised and passed through ``rules`` first."""
+    """``inner`` with every path normalised and passed through ``rules`` first.
 
-    def __init__(self, inner: IBackend, rules: Sequence[Rule]) -> None:
+    With ``source`` (the rule file), :meth:`reload` reads the rules again.
+    """
+
+    def __init__(self, inner: IBackend, rules: Sequence[Rule], source: str | None = None) -> None:
         self.inner = inner
         self.rules = list(rules)
+        self.source = source
+
+    def reload(self) -> list[str]:
+        done = []
+        if self.source is not None:
+            self.rules = load_rules(self.source)  # a bad file raises: the old rules stay
+            done.append("remap rules from %s (%d rules)" % (self.source, len(self.rules)))
+        return done + reload_all([self.inner])
 
     def start(self) -> None:
         start_all([self.inner])

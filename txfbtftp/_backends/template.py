@@ -49,7 +49,8 @@ from re import Pattern
 from zope.interface import implementer
 
 from txfbtftp._backends.memory import BytesReader
-from txfbtftp._interfaces import IBackend, ILifecycle, TransferRequest
+from txfbtftp._interfaces import IBackend, ILifecycle, IReloadable, TransferRequest
+from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 
 CLIENTS_FILE = ".clients"
@@ -203,11 +204,14 @@ def parse_clients(text: str, source: str = CLIENTS_FILE) -> dict[str, Variables]
     return table
 
 
-@implementer(IBackend, ILifecycle)
+@implementer(IBackend, ILifecycle, IReloadable)
 class TemplateBackend:
     """Renders the best-matching template under ``root`` for each request.
 
-    :meth:`start` checks the root and reads ``.clients``.
+    :meth:`start` checks the root and reads ``.clients``; templates and
+    ``.clients`` are read again whenever they change (a ``.clients`` that no
+    longer parses leaves the last good one in use, with a warning), and
+    :meth:`reload` reads ``.clients`` at once.
     """
 
     def __init__(self, root: str) -> None:
@@ -215,16 +219,39 @@ class TemplateBackend:
         self.root = os.path.realpath(root)
         self._patterns: dict[str, NamePattern] = {}
         self._clients: tuple[Any, dict[str, Variables] | None] = (None, None)
+        self._bad: Any = None  # the stamp of a .clients that did not parse
 
     def start(self) -> None:
         root = os.path.realpath(self._configured)
         if not os.path.isdir(root):
             raise ValueError("%s is not a directory" % self._configured)
         self.root = root
-        self.clients()
+        self.reload()
 
     def stop(self) -> None:
         pass
+
+    def reload(self) -> list[str]:
+        path = os.path.join(self.root, CLIENTS_FILE)
+        table = self._read_clients(path)
+        if table is None:
+            self._clients = (None, None)
+            return ["templates in %s: no %s" % (self.root, CLIENTS_FILE)]
+        self._clients = table
+        assert table[1] is not None
+        return ["templates in %s: %s (%d machines)" % (self.root, CLIENTS_FILE, len(table[1]))]
+
+    def _read_clients(self, path: str) -> tuple[Any, dict[str, Variables]] | None:
+        """``(stamp, table)`` of the file, None if there is none; ValueError if it does not parse."""
+        try:
+            st = os.stat(path)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ValueError("cannot read %s: %s" % (path, e.strerror)) from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size), parse_clients(text, path)
 
     def clients(self) -> dict[str, Variables] | None:
         """The ``.clients`` table, re-read when the file changes; None without one."""
@@ -236,8 +263,15 @@ class TemplateBackend:
             return None
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._clients[0] != stamp:
-            with open(path, encoding="utf-8") as f:
-                self._clients = (stamp, parse_clients(f.read(), path))
+            try:
+                table = self._read_clients(path)
+            except ValueError as e:
+                if self._bad != stamp:
+                    self._bad = stamp
+                    log.warn("{err}; {what}", err=e, what="still using the previous one" if self._clients[1]
+                             is not None else "no machine is known until it is fixed")
+                return self._clients[1] if self._clients[1] is not None else {}
+            self._clients = table if table is not None else (None, None)
         return self._clients[1]
 
     def find(self, path: str) -> tuple[str, Variables]:

@@ -69,6 +69,8 @@ class Options(usage.Options):
          float],
         ["busy-poll", None, 200, "Microseconds to keep polling session sockets after traffic (0: off).", int],
         ["workers", None, 1, "Processes serving the port(s) together (SO_REUSEPORT).", int],
+        ["shutdown-grace", None, 30.0,
+         "Seconds transfers in flight may run on when the server is told to stop (SIGTERM).", float],
         ["stats-interval", None, 60.0, "Seconds between statistics lines in the log (0: none).", float],
         ["metrics", None, None, "Serve Prometheus /metrics on this endpoint, e.g. tcp:9469."],
         ["log-format", None, "text", "text, or json: one JSON object per line on standard output."],
@@ -166,12 +168,14 @@ class Options(usage.Options):
             raise usage.UsageError("--queue-wait must be positive")
         if not 1 <= self["workers"] <= 256:
             raise usage.UsageError("--workers must be within 1..256")
+        if not 0 <= self["shutdown-grace"] <= 3600:
+            raise usage.UsageError("--shutdown-grace must be within 0..3600 seconds")
         return ServerConfig(
             limits=limits, schedule=schedule, adaptive=not self["no-adaptive"],
             rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"],
             busy_poll=self["busy-poll"] / 1e6, max_sessions=self["max-sessions"], max_queue=self["max-queue"],
             max_sessions_per_client=self["max-sessions-per-client"], max_queue_wait=self["queue-wait"],
-            reuse_port=self["workers"] > 1)
+            reuse_port=self["workers"] > 1, shutdown_grace=self["shutdown-grace"])
 
     def _fetching(self) -> None:
         """Check the settings of backends that fetch from elsewhere (http:, its cache)."""

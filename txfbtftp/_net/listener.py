@@ -53,27 +53,27 @@ class ListeningPort(udp.Port):
     storm a stale copy of a request can be told from a new one.
     """
 
-    #: Room for a rack's worth of simultaneous requests (a boot storm).
-    RECEIVE_BUFFER = 8 << 20
-
     def __init__(self, port: int, proto: Any, interface: str = "::",
-                 reactor: IReactorFDSet | None = None, reuse_port: bool = False) -> None:
+                 reactor: IReactorFDSet | None = None, reuse_port: bool = False,
+                 sock: socket.socket | None = None) -> None:
+        """Bind ``interface``:``port``, or with ``sock``, serve that socket,
+        already bound (by systemd, or by the process that supervises this one)."""
+        if sock is not None:
+            interface, port = sock.getsockname()[:2]
         super().__init__(port, proto, interface, MAX_DATAGRAM, reactor)
         self._reuse_port = reuse_port
+        if sock is not None:
+            sock.setblocking(False)
+            configure(sock)
+            self._preexistingSocket = sock  # type: ignore[assignment]  # Twisted's own adoption hook
 
     def createInternetSocket(self) -> socket.socket:
         skt = super().createInternetSocket()
-        _set_receive_buffer(skt, self.RECEIVE_BUFFER)
         if self._reuse_port:
             skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.addressFamily == socket.AF_INET6:
             skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            skt.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-        for level, option in ((socket.IPPROTO_IP, IP_PKTINFO), (socket.SOL_SOCKET, SO_TIMESTAMPNS)):
-            try:
-                skt.setsockopt(level, option, 1)
-            except OSError:
-                pass
+        configure(skt)
         return skt
 
     def doRead(self) -> None:
@@ -114,6 +114,44 @@ class ListeningPort(udp.Port):
             info = struct.pack("@i", 0) + socket.inet_aton(host) + b"\0\0\0\0"
             anc = [(socket.IPPROTO_IP, IP_PKTINFO, info)]
         self.socket.sendmsg([data], anc, 0, addr)
+
+
+#: Room for a rack's worth of simultaneous requests (a boot storm).
+RECEIVE_BUFFER = 8 << 20
+
+
+def configure(skt: socket.socket) -> None:
+    """Ask the kernel for each datagram's destination address and arrival
+    time, and for room to queue a storm."""
+    _set_receive_buffer(skt, RECEIVE_BUFFER)
+    options = [(socket.IPPROTO_IP, IP_PKTINFO), (socket.SOL_SOCKET, SO_TIMESTAMPNS)]
+    if skt.family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, IPV6_RECVPKTINFO))
+    for level, option in options:
+        try:
+            skt.setsockopt(level, option, 1)
+        except OSError:
+            pass
+
+
+def bind_listening_socket(interface: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A configured UDP socket bound to ``interface``:``port`` (``::`` is dual
+    stack), as :class:`ListeningPort` makes it; for a supervisor that binds
+    its workers' sockets itself.  Raises OSError."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    skt = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        skt.setblocking(False)
+        if reuse_port:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            skt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        configure(skt)
+        skt.bind((interface, port))
+    except OSError:
+        skt.close()
+        raise
+    return skt
 
 
 def _set_receive_buffer(skt: socket.socket, size: int) -> None:

@@ -28,7 +28,8 @@ _SERVER_REASONS = {
 
 #: Every value :attr:`SessionRecord.reason` takes: a bounded set, fit for a
 #: metric label.
-REASONS = ("ok", "tsize_probe", "client_error", "timeout") + tuple(_SERVER_REASONS.values()) + ("server_error",)
+REASONS = ("ok", "tsize_probe", "client_error", "timeout") + tuple(_SERVER_REASONS.values()) + (
+    "server_error", "server_shutdown")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class SessionRecord:
     retransmits: int
     #: Duplicate ACKs (downloads) or duplicate DATA blocks (uploads) received.
     duplicates: int
-    #: ``ok``, ``client-error``, ``timeout`` or ``server-error``.
+    #: ``ok``, ``client-error``, ``timeout``, ``server-error`` or ``server-shutdown``.
     outcome: str
     #: The TFTP error code sent (server-error) or received (client-error).
     error_code: int | None
@@ -94,6 +95,8 @@ class SessionRecord:
             return "client_error"
         if self.outcome == Outcome.TIMEOUT.value:
             return "timeout"
+        if self.outcome == Outcome.SHUTDOWN.value:
+            return "server_shutdown"
         if self.error_code is None:
             return "server_error"
         return _SERVER_REASONS.get(self.error_code, "server_error")

@@ -53,6 +53,8 @@ class Outcome(str, enum.Enum):
     CLIENT_ERROR = "client-error"
     TIMEOUT = "timeout"
     SERVER_ERROR = "server-error"
+    #: Ended by the server stopping (its driver's word: a machine never says it).
+    SHUTDOWN = "server-shutdown"
 
 
 def wire(index: int, rollover: int = 0) -> int:

@@ -40,3 +40,6 @@ class ServerConfig:
     max_queue_wait: float = 30.0
     #: Share the listening port(s) with other processes (SO_REUSEPORT).
     reuse_port: bool = False
+    #: When stopping, how long transfers in flight may run to their end
+    #: before they are ended with an ERROR.
+    shutdown_grace: float = 30.0

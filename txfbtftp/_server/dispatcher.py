@@ -67,6 +67,8 @@ class TFTPProtocol(DatagramProtocol):
         self.wheel = Wheel(reactor)
         self.admission = admission if admission is not None else Admission(
             config.max_sessions, config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
+        #: The server is stopping: requests are dropped (see txfbtftp._server.drain).
+        self.draining = False
         self._log_limiter = LogLimiter(reactor.seconds)
         self._ended = RecentlyEnded(reactor.seconds, config.schedule.total)
 
@@ -80,6 +82,9 @@ class TFTPProtocol(DatagramProtocol):
         key = (natural(addr[0]), addr[1])
         op = packet.opcode_of(data)
         if op == packet.RRQ or op == packet.WRQ:
+            if self.draining:
+                self.stats.increment_counter("requests_dropped_stopping")
+                return
             self._request(data, addr, key, local, self.clock.seconds() - age)
             return
         if self.config.single_port:

@@ -57,7 +57,7 @@ class ReadSession(Session[ReadMachine]):
         now = self._seconds()
         out = self._out
         m.receive(data, now, out)
-        if self._pending is None:
+        if self._wait.pending is None:
             self._pump(m, now)
         if out:
             self.link.send(out)
@@ -92,12 +92,12 @@ class ReadSession(Session[ReadMachine]):
         d.addBoth(box.append)
         if box:
             return box[0]
-        self._wait_for(d)
+        self._wait.wait_for(d)
         d.addCallback(lambda _: self._read_done(box[0])).addErrback(self._crashed)
         return None
 
     def _read_done(self, data: Any) -> None:
-        self._done_waiting()
+        self._wait.done()
         m = self.machine
         if self._closed or m is None:
             return

@@ -1,24 +1,26 @@
 """``TFTPService``: txfbtftp as one ``IService`` inside any Twisted application.
 
 The service binds its listening ports in ``privilegedStartService`` (port 69
-needs root, or CAP_NET_BIND_SERVICE), and starts its backend in
-``startService``, which ``twistd`` calls after dropping privileges and
-chrooting: files the backend creates belong to the user that serves them.
-Stopping ends the sessions, closes the ports and then stops the backend, so
-no connection, timer or thread outlives the service.
+needs root, or CAP_NET_BIND_SERVICE), or serves sockets bound already (by
+systemd, or by a supervisor); it starts its backend in ``startService``,
+which ``twistd`` calls after dropping privileges and chrooting: files the
+backend creates belong to the user that serves them.  Stopping drains
+(:mod:`txfbtftp._server.drain`), then closes everything and stops the
+backend, so no connection, timer or thread outlives the service.
 """
 from __future__ import annotations
 
 import errno
 import resource
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-from collections.abc import Callable, Sequence
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from prometheus_client import CollectorRegistry
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
-from txfbtftp._interfaces import Address, IBackend, ILifecycle
+from txfbtftp._interfaces import Address, IBackend, ILifecycle, IReloadable
 from txfbtftp._net.listener import ListeningPort
 from txfbtftp._net.poller import SessionSockets
 from txfbtftp._observe.logs import log
@@ -28,6 +30,7 @@ from txfbtftp._observe.stats import ServerStats
 from txfbtftp._server.admission import Admission
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.dispatcher import AnySession, TFTPProtocol
+from txfbtftp._server.drain import Drain
 from txfbtftp._types import IServerReactor
 
 
@@ -49,10 +52,11 @@ class TFTPService(Service):
 
     The default interface ``::`` is dual stack (IPv4 clients arrive mapped
     and are shown in their natural form); on a host without IPv6 it falls
-    back to ``0.0.0.0``.  ``session_stats_callback(record)`` runs as each
-    session ends, ``server_stats_callback(stats)`` every ``stats_interval``
-    seconds; ``metrics`` is a prometheus_client ``CollectorRegistry`` to
-    register in, or a :class:`~txfbtftp.Metrics` (to choose path classes).
+    back to ``0.0.0.0``.  ``listeners`` are sockets bound already (systemd's,
+    or a supervisor's), served instead.  ``session_stats_callback(record)``
+    runs as each session ends, ``server_stats_callback(stats)`` every
+    ``stats_interval`` seconds; ``metrics`` is a prometheus_client
+    ``CollectorRegistry`` to register in, or a :class:`~txfbtftp.Metrics`.
     """
 
     def __init__(self, backend: IBackend, reactor: IServerReactor, port: int = 69,
@@ -60,12 +64,14 @@ class TFTPService(Service):
                  session_stats_callback: Callable[[SessionRecord], Any] | None = None,
                  server_stats_callback: Callable[[ServerStats], Any] | None = None,
                  stats_interval: float = 60.0,
-                 metrics: Metrics | CollectorRegistry | None = None) -> None:
+                 metrics: Metrics | CollectorRegistry | None = None,
+                 listeners: Sequence[socket.socket] = ()) -> None:
         self.backend = backend
         self.reactor = reactor
         self.port = port
         self.interfaces = list(interfaces)
         self.config = config
+        self.listeners = list(listeners)
         self.protocols: list[TFTPProtocol] = []
         self.listening: list[ListeningPort] = []
         self.sockets: SessionSockets | None = None
@@ -79,6 +85,7 @@ class TFTPService(Service):
         if self.metrics is not None:
             self.metrics.attach(self.stats)
         self._backend_started = False
+        self._drain: Drain | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -96,28 +103,31 @@ class TFTPService(Service):
             self.stats.start_reporting(self.reactor, self.server_stats_callback)
 
     def _bind(self) -> None:
-        cfg = self.config
-        for iface in self.interfaces:
+        places: list[tuple[str, socket.socket | None]] = [("", s) for s in self.listeners]
+        places = places or [(iface, None) for iface in self.interfaces]
+        for iface, sock in places:
             # The first protocol builds the admission queue and the session
             # sockets from the config; the others share them.
-            proto = TFTPProtocol(self.backend, self.reactor, cfg, self.sockets, self.stats, self.admission)
+            proto = TFTPProtocol(self.backend, self.reactor, self.config, self.sockets, self.stats, self.admission)
             self.admission = proto.admission
-            lp = self._listen(proto, iface)
-            if not cfg.single_port:
+            lp = self._listen(proto, iface, sock)
+            if not self.config.single_port:
                 self.sockets = proto.sockets
                 self.sockets.watch(lp)
             self.protocols.append(proto)
             self.listening.append(lp)
-            log.info("TFTP server listening on {iface} port {port}", iface=iface, port=lp.getHost().port)
+            host = lp.getHost()
+            log.info("TFTP server listening on {iface} port {port}", iface=host.host, port=host.port)
 
-    def _listen(self, proto: TFTPProtocol, iface: str) -> ListeningPort:
-        lp = ListeningPort(self.port, proto, iface, self.reactor, self.config.reuse_port)
+    def _listen(self, proto: TFTPProtocol, iface: str, sock: socket.socket | None) -> ListeningPort:
+        lp = ListeningPort(self.port, proto, iface, self.reactor, self.config.reuse_port, sock)
         try:
             lp.startListening()
         except OSError as e:
-            if iface != "::" or e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            cause = getattr(e, "socketError", e)
+            if sock is not None or iface != "::" or cause.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-            log.warn("IPv6 unavailable ({err}); listening on 0.0.0.0 instead", err=e)
+            log.warn("IPv6 unavailable ({err}); listening on 0.0.0.0 instead", err=cause)
             lp = ListeningPort(self.port, proto, "0.0.0.0", self.reactor, self.config.reuse_port)
             lp.startListening()
         return lp
@@ -140,17 +150,59 @@ class TFTPService(Service):
             out.update(proto.sessions)
         return out
 
-    def stopService(self) -> Deferred[Any]:
+    def _all_sessions(self) -> Iterator[AnySession]:
+        for proto in self.protocols:
+            yield from proto.sessions.values()
+
+    def reload(self) -> list[str]:
+        """Re-read what the backend can re-read (remap rules, ``.clients``, ...).
+
+        Returns what was reloaded, one description each.  A backend whose new
+        configuration is invalid keeps the old one: the ValueError propagates.
+        """
+        if IReloadable.providedBy(self.backend):
+            return list(self.backend.reload())
+        return []
+
+    def stopService(self) -> Deferred[None]:
+        """Drain (at most ``config.shutdown_grace`` seconds), then release everything."""
+        if self._drain is not None:
+            return self._drain.done
         super().stopService()
         self.stats.stop_reporting()
+        for proto in self.protocols:
+            proto.draining = True
+        waits: list[Deferred[Any]] = []
+        if not self.config.single_port:
+            waits = self._close_listeners()  # a restarted server can bind while transfers finish
+        drain = self._drain = Drain(self.reactor, self._all_sessions, self.config.shutdown_grace)
+        d = drain.start()
+        d.addCallback(lambda _: self._release(waits))
+        return d
+
+    def stop_now(self) -> None:
+        """While stopping: end the transfers still running without waiting."""
+        if self._drain is not None:
+            self._drain.now()
+
+    def _close_listeners(self) -> list[Deferred[Any]]:
+        listening, self.listening = self.listening, []
+        if self.sockets is not None:
+            for lp in listening:
+                self.sockets.unwatch(lp)
+        return [d for d in (lp.stopListening() for lp in listening) if d is not None]
+
+    def _release(self, waits: list[Deferred[Any]]) -> Deferred[None]:
         for proto in self.protocols:
             proto.stop_sessions()
         if self.sockets is not None:
             self.sockets.shutdown()
             self.sockets = None
-        waits: list[Deferred[Any]] = [d for d in (lp.stopListening() for lp in self.listening) if d is not None]
-        self.protocols, self.listening, self.admission = [], [], None
+        waits = waits + self._close_listeners()
+        self.protocols, self.admission, self._drain = [], None, None
         if ILifecycle.providedBy(self.backend) and self._backend_started:
             self._backend_started = False
             waits.append(maybeDeferred(self.backend.stop))
+        if not waits:
+            return succeed(None)
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

@@ -18,7 +18,7 @@ import time
 from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from txfbtftp._interfaces import Address, IBackend, MaybeDeferred, TransferRequest
@@ -31,9 +31,11 @@ from txfbtftp._protocol.machine import Machine, Outbox, Outcome, State
 from txfbtftp._protocol.options import Negotiated, negotiate
 from txfbtftp._protocol.schedule import RTOEstimator, Watchdog
 from txfbtftp._server.config import ServerConfig
+from txfbtftp._server.stall import BackendWait
 from txfbtftp._server.timers import Wheel
 
 MODES = ("octet", "netascii")
+SHUTTING_DOWN = "Server shutting down"
 _M = TypeVar("_M", bound=Machine)
 
 
@@ -95,9 +97,13 @@ class Session(Generic[_M]):
         self._out: Outbox = []
         self._slot: int | None = None    # where the session waits in the timer wheel
         self._slot_start = 0.0
-        self._pending: Deferred[Any] | None = None
-        self._stall: IDelayedCall | None = None
+        self._wait = BackendWait(host.clock, host.config.schedule.total, self._stalled)
         self._closed = False
+
+    @property
+    def complete(self) -> bool:
+        """Every byte has moved; the session only dallies for a repeated last block."""
+        return False
 
     @property
     def last_heard_at(self) -> float:
@@ -145,12 +151,12 @@ class Session(Generic[_M]):
             self._refuse(packet.ERR_ILLEGAL, "Unsupported transfer mode")
             return
         d = maybeDeferred(self._open, self.request.filename, self.transfer_request)
-        self._wait_for(d)
+        self._wait.wait_for(d)
         d.addCallbacks(self._opened, self._open_failed)
         d.addErrback(self._crashed)
 
     def _opened(self, handle: Any) -> None:
-        self._done_waiting()
+        self._wait.done()
         if self._closed:
             self._discard(handle)
             return
@@ -172,7 +178,7 @@ class Session(Generic[_M]):
         self._after(m, now)
 
     def _open_failed(self, failure: Failure) -> None:
-        self._done_waiting()
+        self._wait.done()
         if self._closed:
             return
         code, message, expected = errors.to_tftp(failure.value or Exception())
@@ -197,7 +203,7 @@ class Session(Generic[_M]):
             out.clear()
 
     def _io_failed(self, failure: Failure) -> None:
-        self._done_waiting()
+        self._wait.done()
         m = self.machine
         if self._closed or m is None:
             return
@@ -210,29 +216,9 @@ class Session(Generic[_M]):
         self._after(m, self._seconds())
 
     # -- waiting on the backend ---------------------------------------------------------
-    def _wait_for(self, d: Deferred[Any]) -> None:
-        """``d`` (a backend call) must answer within the watchdog's patience."""
-        self._pending = d
-        if d.called:
-            return  # a synchronous answer: nothing to watch
-        patience = self.host.config.schedule.total
-        if self._stall is not None and self._stall.active():
-            self._stall.reset(patience)
-        else:
-            self._stall = self.host.clock.callLater(patience, self._stalled)
-
-    def _done_waiting(self) -> None:
-        self._pending = None
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
-
-    def _stalled(self) -> None:
-        self._stall = None
-        d = self._pending
-        if self._closed or d is None:
+    def _stalled(self, d: Deferred[Any]) -> None:
+        if self._closed:
             return
-        self._pending = None
         log.info("{peer} {path!r}: no answer from the backend in {s:.0f}s", peer=fmt(self.key),
                  path=self.request.filename, s=self.host.config.schedule.total)
         m = self.machine
@@ -274,6 +260,17 @@ class Session(Generic[_M]):
                 self._flush()
         self._after(m, now)
 
+    def shut_down(self) -> None:
+        """End with ``ERROR 0`` "Server shutting down": the server is stopping."""
+        if self._closed:
+            return
+        m = self.machine
+        if m is not None:
+            m.fail(packet.ERR_UNDEFINED, SHUTTING_DOWN, self._out)
+        else:
+            self._out.append(packet.error(packet.ERR_UNDEFINED, SHUTTING_DOWN))
+        self._close(Outcome.SHUTDOWN, packet.ERR_UNDEFINED, SHUTTING_DOWN)
+
     def abandon(self, why: str) -> None:
         """End without a word to the client."""
         if self._closed:
@@ -291,9 +288,7 @@ class Session(Generic[_M]):
         self._closed = True
         self.outcome, self.error_code, self.error_message = outcome, code, message
         self._slot = None
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
+        self._wait.done()
         self._flush()  # a final ERROR may still be in this step's outbox
         try:
             self._release(outcome)

@@ -44,6 +44,11 @@ class WriteSession(Session[WriteMachine]):
         self.writer = NetasciiWriter(handle) if self.request.mode == "netascii" else handle
         return None
 
+    @property
+    def complete(self) -> bool:
+        m = self.machine
+        return m is not None and m.state is State.DALLYING
+
     def _discard(self, handle: IWriter) -> None:
         handle.abort()
 
@@ -64,14 +69,14 @@ class WriteSession(Session[WriteMachine]):
         payload = m.receive(data, now, self._out)
         if payload is not None:
             self._store(payload)
-        if self._pending is None and m.complete and m.state is State.COMMITTING:
+        if self._wait.pending is None and m.complete and m.state is State.COMMITTING:
             self._commit()
         self._flush()
         self._after(m, now)
 
     def _store(self, data: bytes) -> None:
         """Write in order; while a write is pending, later blocks queue up."""
-        if self._pending is not None:
+        if self._wait.pending is not None:
             self._queue.append(data)
             return
         assert self.writer is not None
@@ -81,14 +86,14 @@ class WriteSession(Session[WriteMachine]):
             self._io_failed(Failure())
             return
         if isinstance(result, Deferred):
-            self._wait_for(result)
+            self._wait.wait_for(result)
             result.addCallbacks(self._written, self._io_failed)
 
     def _written(self, _: Any) -> None:
-        self._done_waiting()
+        self._wait.done()
         while self._queue and not self._closed:
             self._store(self._queue.popleft())
-            if self._pending is not None:
+            if self._wait.pending is not None:
                 return
         m = self.machine
         if not self._closed and m is not None and m.complete and m.state is State.COMMITTING:
@@ -97,12 +102,12 @@ class WriteSession(Session[WriteMachine]):
     def _commit(self) -> None:
         assert self.writer is not None
         d = maybeDeferred(self.writer.commit)
-        self._wait_for(d)
+        self._wait.wait_for(d)
         d.addCallbacks(self._committed, self._io_failed)
         d.addErrback(self._crashed)
 
     def _committed(self, _: Any) -> None:
-        self._done_waiting()
+        self._wait.done()
         m = self.machine
         if self._closed or m is None:
             return
