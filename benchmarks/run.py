@@ -405,6 +405,8 @@ def resolve_txfbtftp(spec: ServerSpec, scratch: str) -> None:
         if output(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks"]):
             commit += "+dirty"
         info["commit"] = commit
+        # the last commit that changed the server (not only benchmarks/)
+        info["server_commit"] = output(["git", "-C", tree, "log", "-1", "--format=%h", "--", ".", ":!benchmarks"])
     info["tree"] = tree
     spec.info = info
 
@@ -1127,11 +1129,13 @@ def summarize(runs: List[Json], sc: Scenario, spec: ServerSpec) -> Json:
     if not res:
         return s
     fails: Dict[str, int] = {}
+    why: Dict[str, str] = {}
     for r in res:
         t = r["tftpload"]
         for k, v in (t.get("failures") or {}).items():
             if v:
                 fails[k] = fails.get(k, 0) + v
+                why.setdefault(k, (t.get("failure_messages") or {}).get(k, ""))
         if t.get("not_started"):
             fails["not_started"] = fails.get("not_started", 0) + t["not_started"]
     t0 = res[0]["tftpload"]
@@ -1145,6 +1149,8 @@ def summarize(runs: List[Json], sc: Scenario, spec: ServerSpec) -> Json:
         "mem_peak_mib": median([r["mem_peak_mib"] for r in res]),
         "other_cores": median([r["other_cores"] for r in res if r.get("other_cores") is not None]),
         "failures": fails,
+        "failure_messages": why,
+        "unknown_tid": sum(r["tftpload"].get("unknown_tid", 0) for r in res),
         "server_errors": [e for r in res for e in r["tftpload"].get("server_errors") or []],
         "no_window": bool(sc.windowsize) and (t0.get("negotiated") or {}).get("windowsize_max", 1) <= 1,
     })
@@ -1189,6 +1195,15 @@ HEAD = ["scenario", "server", "ok", "wall s", "MB/s", "CPU s", "CPU s/GiB", "pea
         "MB/s x", "CPU/GiB x", "peak x", "failures, notes"]
 
 
+def failure_note(kind: str, n: int, msg: str) -> str:
+    """'timeout 735 (waiting for DATA)': the kind, the count and what tftpload said of the first one."""
+    if kind == "timeout" and "(" in msg:
+        msg = msg[msg.index("(") + 1:].rstrip(")")
+    elif kind in ("server_error", "aborted"):
+        msg = ""  # server errors are listed with their messages; aborted is --max-seconds
+    return "%s %d%s" % (kind, n, " (%s)" % msg if msg else "")
+
+
 def table_rows(scs: List[Scenario], specs: List[ServerSpec], summary: Dict[str, Dict[str, Json]]) -> List[List[str]]:
     rows = []
     for sc in scs:
@@ -1204,10 +1219,13 @@ def table_rows(scs: List[Scenario], specs: List[ServerSpec], summary: Dict[str, 
                              "; ".join(sorted(set(s.get("errors") or ["no result"])))[:120]])
                 continue
             mark = ("" if s["clean"] else "*") + ("~" if s["no_window"] else "")
-            notes = ["%s %d" % kv for kv in sorted(s["failures"].items())]
+            notes = [failure_note(k, n, s.get("failure_messages", {}).get(k, ""))
+                     for k, n in sorted(s["failures"].items())]
             msgs = sorted({e.get("message", "") for e in s["server_errors"] if e.get("message")})
             if msgs:
-                notes.append("errors: " + ", ".join(repr(m) for m in msgs[:3]))
+                notes.append("server errors: " + ", ".join(repr(m) for m in msgs[:3]))
+            if s.get("unknown_tid"):
+                notes.append("packets from unknown TIDs %d" % s["unknown_tid"])
             if s["no_window"]:
                 notes.append("windowsize not granted")
             if s["crashed"]:
@@ -1265,8 +1283,11 @@ def render_rst(report: Json, rows: List[List[str]]) -> str:
            ":Load average at start: %s" % m["loadavg_at_start"]]
     for name, info in report["servers"].items():
         if info["kind"] == "txfbtftp":
+            commit = info.get("commit", "?")
+            if info.get("server_commit") and not commit.startswith(info["server_commit"]):
+                commit += ", server code as of %s" % info["server_commit"]
             desc = "txfbtftp %s (tree %s), Python %s, Twisted %s" % (
-                info.get("commit", "?"), info.get("tree", "?"), info.get("python", "?"), info.get("twisted", "?"))
+                commit, info.get("tree", "?"), info.get("python", "?"), info.get("twisted", "?"))
         else:
             desc = "%s%s" % (info.get("version", ""), " (%s)" % info["package"] if info.get("package") else "")
             if info.get("tuning"):
@@ -1310,6 +1331,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, metavar="N", help="rounds per scenario (default 1)")
     ap.add_argument("--json", default="", metavar="OUT", help="write everything to this file")
     ap.add_argument("--rst", default="", metavar="OUT", help="write the table as reStructuredText, with the machine")
+    ap.add_argument("--from-json", default="", metavar="IN", help="run nothing: print the table of a run saved "
+                    "with --json (and write it with --rst, the summary with --json)")
     ap.add_argument("--accounting", choices=("auto", "proc"), default="auto",
                     help="auto: cgroups when possible; proc: force the /proc fallback")
     ap.add_argument("--tools", default="", metavar="DIR", help="directory holding tftpbench and tftpload/ "
@@ -1343,11 +1366,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
     try:
+        if args.from_json:
+            return replay(args)
         scs, specs, tftpbench, tftpload = prepare(args)
         return bench(args, argv, scs, specs, tftpbench, tftpload)
     except UsageError as e:
         log(str(e))
         return 2
+
+
+def replay(args: argparse.Namespace) -> int:
+    """The table (and --rst, --json) of a saved run, summarized again by this version of the runner."""
+    try:
+        with open(args.from_json) as f:
+            report = json.load(f)
+        scs = [Scenario(n, v["file"], v["sessions"], v["concurrency"], list(v["tftpload_args"]), v["what"])
+               for n, v in report["scenarios"].items()]
+        specs = [ServerSpec(n, v["kind"], "", list(v.get("args") or [])) for n, v in report["servers"].items()]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError("cannot read %s: %s" % (args.from_json, e)) from None
+    finish(report, scs, specs, report["runs"], args)
+    return 0
 
 
 def prepare(args: argparse.Namespace) -> Tuple[List[Scenario], List[ServerSpec], ModuleType, str]:
