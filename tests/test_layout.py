@@ -17,7 +17,7 @@ import pytest
 import txfbtftp
 
 PACKAGE = pathlib.Path(txfbtftp.__file__).parent
-PUBLIC = {"txfbtftp", "txfbtftp.testing", "txfbtftp.__main__"}
+PUBLIC = {"txfbtftp", "txfbtftp.testing", "txfbtftp.client", "txfbtftp.__main__"}
 #: What the sans-I/O layer may import: pure standard library.
 PURE = {"__future__", "dataclasses", "enum", "functools", "struct", "typing", "collections", "abc"}
 #: Each layer and the layers (besides itself) it may import from.
@@ -33,8 +33,10 @@ LAYERS = {
     "_backends": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_types"},
     "_server": {"_protocol", "_interfaces", "_lifecycle", "_netascii", "_observe", "_net", "_types"},
     "_daemon": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_net", "_server", "_backends", "_types",
-                "_version"},
+                "_version", "client"},
     "testing": {"_protocol", "_interfaces", "_observe", "_server", "_types"},
+    # The client: the machines, the seams, records, batched sends; never the server.
+    "client": {"_protocol", "_interfaces", "_netascii", "_observe", "_net", "_types"},
 }
 MAX_CLASS_LINES = 250
 

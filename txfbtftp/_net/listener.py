@@ -59,7 +59,7 @@ class ListeningPort(udp.Port):
 
     def createInternetSocket(self) -> socket.socket:
         skt = super().createInternetSocket()
-        _set_receive_buffer(skt, self.RECEIVE_BUFFER)
+        set_receive_buffer(skt, self.RECEIVE_BUFFER)
         if self._reuse_port:
             skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if self.addressFamily == socket.AF_INET6:
@@ -110,7 +110,7 @@ class ListeningPort(udp.Port):
         self.socket.sendmsg([data], anc, 0, addr)
 
 
-def _set_receive_buffer(skt: socket.socket, size: int) -> None:
+def set_receive_buffer(skt: socket.socket, size: int) -> None:
     """As large as allowed: SO_RCVBUFFORCE passes rmem_max when privileged."""
     for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
         try:
