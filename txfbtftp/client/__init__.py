@@ -5,14 +5,15 @@
 that fires with a :class:`ClientResult`: the bytes (when kept in memory)
 and a :class:`~txfbtftp.SessionRecord` of the transfer::
 
+    from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
     from txfbtftp.client import get
 
     async def main(reactor):
-        result = await get(reactor, "tftp://192.0.2.1/pxelinux.0", blksize=1468, windowsize=16)
+        result = await get(reactor, "tftp://192.0.2.1/pxelinux.0", windowsize=16)
         print(len(result.data), "bytes in", result.record.duration, "s")
 
-    react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    react(lambda reactor: ensureDeferred(main(reactor)))
 
 A failure is the exception a backend raises for the server's ERROR
 (:class:`~txfbtftp.FileNotFound`, :class:`~txfbtftp.AccessViolation`,
