@@ -232,3 +232,39 @@ async def test_a_silent_server_times_out_on_the_schedule():
         assert len(requests) == 3 and len(set(requests)) == 1 and requests[0].startswith(b"\0\1x\0octet\0")
     finally:
         silent.close()
+
+
+def _scripted_server(listen):
+    """A server in a thread, with plain sockets: answers from a port of its own
+    and has a stranger write to the client mid-transfer."""
+    listen.settimeout(5)
+    request, client = listen.recvfrom(2048)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tid, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        for s in (tid, stranger):
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(5)
+        tid.sendto(b"\0\3\0\1" + b"a" * 512, client)
+        first_ack = tid.recvfrom(100)[0]
+        stranger.sendto(b"\0\3\0\2evil", client)
+        refusal = stranger.recvfrom(100)[0]
+        tid.sendto(b"\0\3\0\2end", client)
+        last_ack = tid.recvfrom(100)[0]
+    return request, first_ack, refusal, last_ack
+
+
+@pytest_twisted.ensureDeferred
+async def test_datagrams_from_another_port_get_error_5():
+    from twisted.internet.threads import deferToThread
+
+    listen = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listen.bind(("127.0.0.1", 0))
+    try:
+        script = deferToThread(_scripted_server, listen)
+        result = await get(reactor, "127.0.0.1", "f", port=listen.getsockname()[1], blksize=512, tsize=False)
+        request, first_ack, refusal, last_ack = await script
+    finally:
+        listen.close()
+    assert request == b"\0\1f\0octet\0" and (first_ack, last_ack) == (b"\0\4\0\1", b"\0\4\0\2")
+    assert refusal == b"\0\5\0\5Unknown transfer ID\0"
+    assert result.data == b"a" * 512 + b"end"

@@ -22,6 +22,7 @@ from twisted.internet.defer import CancelledError
 from zope.interface import implementer
 
 from txfbtftp._interfaces import IWriter
+from txfbtftp._protocol.client import request_options
 from txfbtftp._types import IClientReactor
 from txfbtftp._daemon.fetch import client_kwargs, describe, transfer_options
 from txfbtftp.client import TFTPURL, ClientResult, get
@@ -86,7 +87,6 @@ def check_command(argv: list[str]) -> Any:
     try:
         url = TFTPURL.parse(args.url)
         kwargs = client_kwargs(args)
-        from txfbtftp._protocol.client import request_options
         request_options(args.blksize, args.windowsize, None, args.timeout, args.utimeout)
     except ValueError as e:
         parser.error(str(e))

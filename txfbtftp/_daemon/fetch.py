@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import DNSLookupError
 
 from txfbtftp._protocol import errors
+from txfbtftp._protocol.client import request_options
 from txfbtftp._protocol.schedule import Schedule
 from txfbtftp._types import IClientReactor
 from txfbtftp.client import DEFAULT_CLIENT_SCHEDULE, TFTPURL, ClientResult, get, put
@@ -211,6 +212,8 @@ def put_command(argv: list[str]) -> Command:
                     raise LocalError("%s: %s" % (args.file, e.strerror), True) from None
             with source:
                 result = await put(reactor, str(url), source=source, progress=progress, **client_kwargs(args))
+        except OSError as e:  # reading the file failed on the way
+            return _failed(parser.prog, LocalError("%s: %s" % (args.file, e.strerror or e), True), progress)
         except Exception as e:
             return _failed(parser.prog, e, progress)
         return _done(parser.prog, args, result, progress)
@@ -228,7 +231,6 @@ def _done(prog: str, args: argparse.Namespace, result: ClientResult, progress: P
 def _checked(parser: argparse.ArgumentParser, run: Command, args: argparse.Namespace) -> Command:
     """Option values the client refuses are usage errors, found before the reactor runs."""
     try:
-        from txfbtftp._protocol.client import request_options
         request_options(args.blksize, args.windowsize, None, args.timeout, args.utimeout)
     except ValueError as e:
         parser.exit(EXIT_USAGE, "%s: %s\n" % (parser.prog, e))
