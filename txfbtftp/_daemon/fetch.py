@@ -22,7 +22,7 @@ from txfbtftp._protocol import errors
 from txfbtftp._protocol.client import request_options
 from txfbtftp._protocol.schedule import Schedule
 from txfbtftp._types import IClientReactor
-from txfbtftp.client import DEFAULT_CLIENT_SCHEDULE, TFTPURL, ClientResult, get, put
+from txfbtftp.client import DEFAULT_CLIENT_SCHEDULE, TFTPURL, ClientResult, Progress, get, put
 
 #: The exit code for each ERROR code, as curl's (68-74; 42 for the rest).
 EXIT_CODES = {0: 71, 1: 68, 2: 69, 3: 70, 4: 71, 5: 72, 6: 73, 7: 74}
@@ -103,7 +103,7 @@ def output_options(parser: argparse.ArgumentParser) -> None:
                         help="a progress bar on stderr (default: when stderr is a terminal)")
 
 
-class Progress:
+class ProgressBar:
     """A tqdm bar on stderr, drawn for large files once their size is known."""
 
     def __init__(self, name: str, enabled: bool | None) -> None:
@@ -111,6 +111,11 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.bar: Any = None
         self._decided = False
+
+    @property
+    def callback(self) -> Progress | None:
+        """What the transfer calls per block: nothing at all when there is no bar."""
+        return self if self.enabled else None
 
     def __call__(self, done: int, total: int | None) -> None:
         if not self._decided:
@@ -154,7 +159,7 @@ def get_command(argv: list[str]) -> Command:
     output_options(parser)
     args = parser.parse_args(argv)
     url = parse_url(parser, args.url)
-    progress = Progress(os.path.basename(url.path), False if args.quiet else args.progress)
+    progress = ProgressBar(os.path.basename(url.path), False if args.quiet else args.progress)
 
     async def run(reactor: IClientReactor) -> int:
         part = None
@@ -169,7 +174,7 @@ def get_command(argv: list[str]) -> Command:
                 except OSError as e:
                     raise LocalError("%s: %s" % (args.output, e.strerror), False) from None
                 out = os.fdopen(fd, "wb")
-            result = await get(reactor, str(url), to=out, progress=progress, **client_kwargs(args))
+            result = await get(reactor, str(url), to=out, progress=progress.callback, **client_kwargs(args))
             out.flush()
             if part is not None:
                 out.close()
@@ -199,7 +204,7 @@ def put_command(argv: list[str]) -> Command:
     if base.endswith("/"):
         args.url = base + urllib.parse.quote(name) + sep + mode
     url = parse_url(parser, args.url)
-    progress = Progress(name, False if args.quiet else args.progress)
+    progress = ProgressBar(name, False if args.quiet else args.progress)
 
     async def run(reactor: IClientReactor) -> int:
         try:
@@ -211,7 +216,8 @@ def put_command(argv: list[str]) -> Command:
                 except OSError as e:
                     raise LocalError("%s: %s" % (args.file, e.strerror), True) from None
             with source:
-                result = await put(reactor, str(url), source=source, progress=progress, **client_kwargs(args))
+                result = await put(reactor, str(url), source=source, progress=progress.callback,
+                                   **client_kwargs(args))
         except OSError as e:  # reading the file failed on the way
             return _failed(parser.prog, LocalError("%s: %s" % (args.file, e.strerror or e), True), progress)
         except Exception as e:
@@ -221,7 +227,7 @@ def put_command(argv: list[str]) -> Command:
     return _checked(parser, run, args)
 
 
-def _done(prog: str, args: argparse.Namespace, result: ClientResult, progress: Progress) -> int:
+def _done(prog: str, args: argparse.Namespace, result: ClientResult, progress: ProgressBar) -> int:
     progress.close()
     if args.verbose:
         print("%s: %s" % (prog, summary(result)), file=sys.stderr)
@@ -237,7 +243,7 @@ def _checked(parser: argparse.ArgumentParser, run: Command, args: argparse.Names
     return run
 
 
-def _failed(prog: str, exc: BaseException, progress: Progress) -> int:
+def _failed(prog: str, exc: BaseException, progress: ProgressBar) -> int:
     progress.close()
     if not isinstance(exc, CancelledError):
         print("%s: %s" % (prog, describe(exc)), file=sys.stderr)

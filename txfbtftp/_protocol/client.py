@@ -200,7 +200,7 @@ class ClientTransfer:
             return None
         m = self.machine
         if m is not None:
-            if data[:2] == b"\0\6":
+            if len(data) > 1 and data[1] == packet.OACK and data[0] == 0:
                 self._repeated_oack(m, out)
                 return None
             payload = m.receive(data, now, out)

@@ -78,7 +78,8 @@ class FileSide:
         if isinstance(result, Deferred):
             self.pending = result
             result.addCallbacks(self._written, self._failed_late)
-        self.report()
+        if self._progress is not None:
+            self.report()
 
     def _written(self, _: object) -> None:
         self.pending = None
@@ -201,7 +202,11 @@ class TransferProtocol(DatagramProtocol):
         self._step(now)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        if self._closed or not self._from_server(data, addr):
+        peer = self._peer
+        if peer is None or addr[1] != peer[1] or addr[0] != peer[0]:
+            if self._closed or not self._from_server(data, addr):
+                return
+        elif self._closed:
             return
         now = self._clock.seconds()
         payload = self.transfer.receive(data, now, self._out)
@@ -243,10 +248,14 @@ class TransferProtocol(DatagramProtocol):
         t = self.transfer
         if t.write and not t.finished:
             self.files.pump(now, self._out)
-        if self._out:
-            self._send(self._out, self._peer or self.server)
-            self._out.clear()
-        if self._ended is None and (t.complete or t.finished):
+        out = self._out
+        if out:
+            self._send(out, self._peer or self.server)
+            out.clear()
+        if t.outcome is None:  # neither complete nor finished: the usual case
+            self._arm(now)
+            return
+        if self._ended is None:
             self._ended = (time.time(), now)
         if not self._settled:
             if t.complete:
