@@ -12,7 +12,7 @@ from txfbtftp._protocol import errors, packet
 from txfbtftp import HTTPBackend, HTTPOrigin
 from txfbtftp._backends.http.origin import relative
 from txfbtftp._protocol.netascii import encode
-from txfbtftp._server.netascii import NetasciiReader
+from txfbtftp._netascii import NetasciiReader
 
 from . import rawclient
 from .httporigin import slurp, until

@@ -17,7 +17,7 @@ import pytest
 import txfbtftp
 
 PACKAGE = pathlib.Path(txfbtftp.__file__).parent
-PUBLIC = {"txfbtftp", "txfbtftp.testing", "txfbtftp.__main__"}
+PUBLIC = {"txfbtftp", "txfbtftp.testing", "txfbtftp.client", "txfbtftp.__main__"}
 #: What the sans-I/O layer may import: pure standard library.
 PURE = {"__future__", "dataclasses", "enum", "functools", "struct", "typing", "collections", "abc"}
 #: Each layer and the layers (besides itself) it may import from.
@@ -27,13 +27,16 @@ LAYERS = {
     "_types": set(),
     "_version": set(),
     "_lifecycle": {"_interfaces"},
+    "_netascii": {"_protocol", "_interfaces"},
     "_observe": {"_protocol", "_net.address", "_interfaces"},
     "_net": {"_protocol", "_observe.logs"},
     "_backends": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_types"},
-    "_server": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_net", "_types"},
+    "_server": {"_protocol", "_interfaces", "_lifecycle", "_netascii", "_observe", "_net", "_types"},
     "_daemon": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_net", "_server", "_backends", "_types",
-                "_version"},
+                "_version", "client"},
     "testing": {"_protocol", "_interfaces", "_observe", "_server", "_types"},
+    # The client: the machines, the seams, records, batched sends; never the server.
+    "client": {"_protocol", "_interfaces", "_netascii", "_observe", "_net", "_types"},
 }
 MAX_CLASS_LINES = 250
 
@@ -152,7 +155,8 @@ def test_every_module_imports_on_its_own(name):
 
 def test_library_code_never_imports_the_global_reactor():
     offenders = []
-    entry_points = {"txfbtftp._daemon.tap", "txfbtftp._daemon.worker"}  # twistd's and a worker's own
+    # twistd's, a worker's, and the client commands' (cli.on_reactor)
+    entry_points = {"txfbtftp._daemon.tap", "txfbtftp._daemon.worker", "txfbtftp._daemon.cli"}
     for name, path in modules():
         if name not in entry_points and "twisted.internet.reactor" in imports(path, type_checking=True):
             offenders.append(name)

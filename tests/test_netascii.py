@@ -1,5 +1,5 @@
 from txfbtftp._protocol.netascii import Decoder, encode
-from txfbtftp._server.netascii import NetasciiReader, NetasciiWriter
+from txfbtftp._netascii import NetasciiReader, NetasciiWriter
 from twisted.internet.defer import succeed
 
 

@@ -11,7 +11,10 @@ it are private.  Run a server::
 
 Write a backend by providing :class:`IBackend` (reads) or
 :class:`IWritableBackend` (reads and uploads), and test it without sockets
-with :mod:`txfbtftp.testing`.
+with :mod:`txfbtftp.testing`.  Fetch or send a file as a client with
+:func:`get` and :func:`put` (:mod:`txfbtftp.client`)::
+
+    result = await get(reactor, "tftp://192.0.2.1/pxelinux.0", windowsize=16)
 """
 from txfbtftp._backends import from_spec as backend_from_spec
 from txfbtftp._backends import register as register_backend
@@ -30,13 +33,14 @@ from txfbtftp._observe.metrics import Metrics, MetricsService, PathClasses
 from txfbtftp._observe.records import REASONS, SessionRecord
 from txfbtftp._observe.stats import ServerStats, log_server_stats
 from txfbtftp._protocol.errors import (AccessViolation, DiskFull, FileExists, FileNotFound, OptionsRefused,
-                                       ServerBusy, TFTPError, Unsupported)
+                                       ServerBusy, TFTPError, TFTPTimeout, Unsupported)
 from txfbtftp._protocol.options import Limits
 from txfbtftp._protocol.schedule import Schedule
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.dispatcher import TFTPProtocol
 from txfbtftp._server.service import TFTPService
 from txfbtftp._version import __version__
+from txfbtftp.client import TFTPURL, ClientResult, get, put
 
 __all__ = [
     "__version__",
@@ -44,9 +48,9 @@ __all__ = [
     "TFTPService", "TFTPProtocol", "ServerConfig", "Limits", "Schedule",
     # The backend seam
     "IBackend", "IWritableBackend", "IReader", "IWriter", "ILifecycle", "TransferRequest", "Address",
-    # Errors a backend raises
+    # Errors a backend raises (and the client's transfers fail with)
     "TFTPError", "FileNotFound", "AccessViolation", "DiskFull", "Unsupported", "FileExists",
-    "OptionsRefused", "ServerBusy",
+    "OptionsRefused", "ServerBusy", "TFTPTimeout",
     # Built-in backends
     "FilesystemBackend", "MemoryBackend", "BytesReader", "ChainBackend", "RemapBackend", "load_rules",
     "parse_rules", "TemplateBackend", "HTTPOrigin", "HTTPBackend", "CacheBackend", "register_backend",
@@ -54,4 +58,6 @@ __all__ = [
     # Observing
     "SessionRecord", "REASONS", "ServerStats", "log_server_stats", "Metrics", "MetricsService",
     "PathClasses", "json_observer",
+    # The client
+    "get", "put", "ClientResult", "TFTPURL",
 ]

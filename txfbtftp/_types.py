@@ -7,7 +7,7 @@ a :class:`twisted.internet.task.Clock` is enough for a session's timers.
 """
 from __future__ import annotations
 
-from twisted.internet.interfaces import (IReactorCore, IReactorFDSet, IReactorPluggableNameResolver,
+from twisted.internet.interfaces import (IReactorCore, IReactorFDSet, IReactorPluggableNameResolver, IReactorUDP,
                                          IReactorProcess, IReactorTCP, IReactorThreads, IReactorTime)
 
 
@@ -24,3 +24,8 @@ class IHTTPReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver, IRe
 
 class IPoolReactor(IReactorTime, IReactorProcess):
     """What the ``--workers`` supervisor runs on."""
+
+
+class IClientReactor(IReactorUDP, IReactorTime, IReactorPluggableNameResolver):
+    """What the client (:mod:`txfbtftp.client`) runs on: a UDP port per
+    transfer, timers, and name resolution for host names."""

@@ -3,14 +3,19 @@
 ``txfbtftp serve OPTIONS`` runs the server in the foreground and logs to
 standard output: ``twistd -n tftp OPTIONS`` without twistd's own options.
 ``txfbtftp remap-test RULES`` tries a remap rule file without a server.
+``txfbtftp get``, ``put`` and ``check`` are the client
+(:mod:`txfbtftp._daemon.fetch`, :mod:`txfbtftp._daemon.check`); this is the
+one place they meet the global reactor.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from txfbtftp._backends.remap import load_rules, try_rules
+from txfbtftp._daemon import check, fetch
 from txfbtftp._version import __version__
 
 
@@ -36,9 +41,57 @@ def _remap_test(argv: list[str]) -> int:
     return try_rules(rules, sys.stdin, sys.stdout, args.client, args.write)
 
 
+def on_reactor(command: Callable[[Any], Coroutine[Any, Any, int]], internal: int = 1) -> int:
+    """Run ``command(reactor)`` (a coroutine of the exit status) on the
+    global reactor.  Ctrl-C cancels it, which tells the server; a crash is
+    ``internal``, with its traceback on stderr."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    status: list[int] = []
+    stopping: list[bool] = []
+
+    def crashed(failure: Any) -> int:
+        failure.printTraceback(file=sys.stderr)
+        return internal
+
+    def shutdown(d: Deferred[int]) -> None:
+        stopping.append(True)
+        d.cancel()
+
+    def finish(_: object) -> None:
+        if not stopping:
+            reactor.stop()
+
+    def start() -> None:
+        d = Deferred.fromCoroutine(command(reactor))
+        reactor.addSystemEventTrigger("before", "shutdown", shutdown, d)
+        d.addErrback(crashed).addCallback(status.append)
+        d.addBoth(finish)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return status[0] if status else fetch.EXIT_INTERRUPTED
+
+
+def _get(argv: list[str]) -> int:
+    return on_reactor(fetch.get_command(argv))
+
+
+def _put(argv: list[str]) -> int:
+    return on_reactor(fetch.put_command(argv))
+
+
+def _check(argv: list[str]) -> int:
+    return on_reactor(check.check_command(argv), check.UNKNOWN)
+
+
 COMMANDS = {
     "serve": (_serve, "run a server in the foreground (the options of 'twistd tftp'; serve --help)"),
     "remap-test": (_remap_test, "read paths on stdin, print each as a remap file rewrites it"),
+    "get": (_get, "download a file: get tftp://host[:port]/path [-o FILE]"),
+    "put": (_put, "upload a file: put FILE tftp://host[:port]/path"),
+    "check": (_check, "check a server as a Nagios/Icinga plugin: check tftp://host/path"),
 }
 
 

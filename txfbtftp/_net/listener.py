@@ -123,7 +123,7 @@ RECEIVE_BUFFER = 8 << 20
 def configure(skt: socket.socket) -> None:
     """Ask the kernel for each datagram's destination address and arrival
     time, and for room to queue a storm."""
-    _set_receive_buffer(skt, RECEIVE_BUFFER)
+    set_receive_buffer(skt, RECEIVE_BUFFER)
     options = [(socket.IPPROTO_IP, IP_PKTINFO), (socket.SOL_SOCKET, SO_TIMESTAMPNS)]
     if skt.family == socket.AF_INET6:
         options.append((socket.IPPROTO_IPV6, IPV6_RECVPKTINFO))
@@ -154,7 +154,7 @@ def bind_listening_socket(interface: str, port: int, reuse_port: bool = False) -
     return skt
 
 
-def _set_receive_buffer(skt: socket.socket, size: int) -> None:
+def set_receive_buffer(skt: socket.socket, size: int) -> None:
     """As large as allowed: SO_RCVBUFFORCE passes rmem_max when privileged."""
     for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
         try:

@@ -51,6 +51,34 @@ class ServerBusy(TFTPError):
         super().__init__(message)
 
 
+class TFTPTimeout(TFTPError):
+    """The peer went silent: the watchdog's schedule ran out.
+
+    A :class:`TFTPError`, so that one ``except TFTPError`` catches every way
+    a transfer can fail; but no ERROR packet was exchanged, so its ``code``
+    (0) says nothing: tell a timeout apart by its class.
+    """
+
+    def __init__(self, message: str = "Timed out") -> None:
+        super().__init__(message)
+
+
+_BY_CODE: dict[int, type[TFTPError]] = {
+    cls.code: cls for cls in (FileNotFound, AccessViolation, DiskFull, Unsupported, FileExists, OptionsRefused)}
+
+
+def from_code(code: int, message: str = "") -> TFTPError:
+    """The exception for an ERROR packet: the class a backend raises for
+    ``code``, or a :class:`TFTPError` carrying ``code`` when there is none
+    (0, 5, 7, and codes outside RFC 1350)."""
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls(message)
+    err = TFTPError(message or packet.MESSAGES.get(code, "Error %d" % code))
+    err.code = code
+    return err
+
+
 def to_tftp(exc: BaseException) -> tuple[int, str, bool]:
     """``(code, message, expected)`` for any exception.
 

@@ -1,6 +1,6 @@
 """netascii (RFC 764 via RFC 1350): LF <-> CR LF and CR <-> CR NUL.
 
-The codec only; :mod:`txfbtftp._server.netascii` wraps readers and writers
+The codec only; :mod:`txfbtftp._netascii` wraps readers and writers
 with it.
 """
 from __future__ import annotations

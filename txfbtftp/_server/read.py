@@ -17,7 +17,7 @@ from txfbtftp._interfaces import IReader, MaybeDeferred, TransferRequest
 from txfbtftp._protocol.options import Negotiated
 from txfbtftp._protocol.read import ReadMachine
 from txfbtftp._protocol.schedule import Watchdog
-from txfbtftp._server.netascii import NetasciiReader
+from txfbtftp._netascii import NetasciiReader
 from txfbtftp._server.session import Session
 
 Read = Callable[[int], MaybeDeferred[bytes]]

@@ -20,7 +20,7 @@ from txfbtftp._protocol.options import Negotiated
 from txfbtftp._protocol.packet import Request
 from txfbtftp._protocol.schedule import Watchdog
 from txfbtftp._protocol.write import WriteMachine
-from txfbtftp._server.netascii import NetasciiWriter
+from txfbtftp._netascii import NetasciiWriter
 from txfbtftp._server.session import Session, SessionHost
 
 

@@ -1,8 +1,9 @@
-"""netascii around a backend's reader or writer.
+"""netascii around a reader or writer, for the server's sessions and the client.
 
-Backends deal in local bytes only and the session machines in wire bytes
-only; these wrappers convert between the two with the codec of
-:mod:`txfbtftp._protocol.netascii`, passing Deferreds through.
+Backends (and the client's sources and sinks) deal in local bytes only and
+the protocol machines in wire bytes only; these wrappers convert between the
+two with the codec of :mod:`txfbtftp._protocol.netascii`, passing Deferreds
+through.  Both drivers use them, so they live below both.
 """
 from __future__ import annotations
 
