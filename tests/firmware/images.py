@@ -25,7 +25,8 @@ echo "txfbtftp-proof sha256=$1 size=$(/bin/busybox stat -c %s /payload)"
 /bin/busybox poweroff -f
 """
 
-PROOF = r"txfbtftp-proof sha256=([0-9a-f]{64}) size=(\d+)"
+#: The proof line, whole (a line may reach the console in pieces).
+PROOF = r"txfbtftp-proof sha256=([0-9a-f]{64}) size=(\d+)\n"
 
 
 def random_file(path, size, chunk=1 << 22):

@@ -520,6 +520,14 @@ class Lab:
         if not condition:
             self.fail(message)
 
+    def powered_off(self, timeout=30):
+        """Wait for QEMU to exit (the guest powered off, halted or reset:
+        QEMU runs with ``-no-reboot``), or fail."""
+        code = self.console.wait_exit(timeout)
+        self.check(code is not None, "the guest did not power off within %ss" % timeout)
+        self.milestones.append(("off", self.console.elapsed))
+        return code
+
     def expect(self, pattern, timeout, what):
         """Wait for ``pattern`` on the console or fail with the report."""
         m = self.console.expect(pattern, timeout)

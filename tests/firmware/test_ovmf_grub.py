@@ -52,12 +52,12 @@ def test_ovmf_pxe_grub_hashsum_past_rollover(lab, root, multihomed):
     lab.capture()
     lab.boot("-bios", OVMF, memory=1024, nic="virtio-net-pci", romfile="")
     lab.expect(r"NBP file downloaded successfully", 90, "UEFI PXE")
-    lab.expect(r"txfbtftp: grub\.cfg from tftp,%s" % re.escape(lab.server_addr), 60, "grub.cfg")
+    lab.expect(r"txfbtftp: grub\.cfg from tftp,%s\n" % re.escape(lab.server_addr), 60, "grub.cfg")
     dump = lab.expect(r"00000000  ((?:[0-9a-f]{2} {1,2}){16}).*\n00000010  ((?:[0-9a-f]{2} {1,2}){16})",
                       30, "hexdump")
     sums = lab.expect(r"([0-9a-f]{64})  /big\.bin", 120, "hashsum")
     lab.expect(r"txfbtftp: grub done", 30, "done")
-    lab.console.wait_exit(30)
+    lab.powered_off()
     packets = lab.stop_capture()
 
     shown = bytes.fromhex((dump.group(1) + dump.group(2)).replace(" ", ""))

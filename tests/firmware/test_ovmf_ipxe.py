@@ -12,6 +12,7 @@ unpacks the initrd iPXE fetched and its ``/init`` prints the sha256 of the
 payload that fills it (tests/firmware/images.py).
 """
 import os
+import re
 import shutil
 
 import pytest
@@ -57,10 +58,10 @@ def test_ovmf_pxe_ipxe_script_linux_initrd_past_rollover(lab, root, multihomed):
     lab.capture()
     lab.boot("-bios", OVMF, memory=1024, nic="virtio-net-pci", romfile="")
     lab.expect(r"NBP file downloaded successfully", 90, "UEFI PXE")
-    lab.expect(r"txfbtftp: iPXE script from " + lab.server_addr.replace(".", r"\."), 90, "iPXE script")
+    lab.expect(r"txfbtftp: iPXE script from %s\n" % re.escape(lab.server_addr), 90, "iPXE script")
     lab.expect(r"txfbtftp-init: running", 120, "Linux /init")
     proof = lab.expect(images.PROOF, 60, "sha256")
-    lab.console.wait_exit(30)
+    lab.powered_off()
     packets = lab.stop_capture()
 
     lab.check((proof.group(1), int(proof.group(2))) == (digest, payload),

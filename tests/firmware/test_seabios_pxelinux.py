@@ -63,7 +63,7 @@ def test_seabios_ipxe_rom_pxelinux_linux(lab, root, multihomed):
     lab.expect(r"txfbtftp: pxelinux\.cfg/default", 60, "default")
     lab.expect(r"txfbtftp-init: running", 120, "Linux /init")
     proof = lab.expect(images.PROOF, 60, "sha256")
-    lab.console.wait_exit(30)
+    lab.powered_off()
     packets = lab.stop_capture()
 
     lab.check((proof.group(1), int(proof.group(2))) == (digest, payload),

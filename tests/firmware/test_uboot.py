@@ -72,7 +72,7 @@ def test_uboot_dhcp_tftpboot_crc32_default_and_windowed(lab, root, multihomed):
                   "crc32 did not cover the load: %s" % out)
         results.append(m.group(3))
     lab.console.send("reset\n")  # QEMU runs with -no-reboot: it exits
-    lab.console.wait_exit(30)
+    lab.powered_off()
     packets = lab.stop_capture()
 
     lab.check(results == [crc, crc], "U-Boot's crc32 %s, the file's %s" % (results, crc))
