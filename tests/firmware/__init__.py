@@ -1,0 +1,1 @@
+"""Real boot firmware in QEMU against ``twistd tftp`` (see docs/firmware.rst)."""
