@@ -155,16 +155,3 @@ def test_expired_waiters_do_not_fill_the_queue():
     adm.offer(("b", 1), lambda: None, 0)
     adm.offer(("c", 1), lambda: None, 0)
     assert adm.offer(("d", 1), lambda: None, 100) is Verdict.QUEUED
-
-
-def test_a_worker_printing_json_that_is_not_an_object_is_just_logged():
-    from twisted.internet.task import Clock
-
-    from txfbtftp import ServerStats
-    from txfbtftp._daemon.pool import WorkerPool
-
-    pool = WorkerPool(Clock(), [], 2, ServerStats())
-    for line in (b"42", b"null", b"[1]", b"not json"):
-        pool.report(1, line)
-    pool.report(1, b'{"counters": {"sessions_started": 3}, "active": 2}')
-    assert pool.stats.get_counter("sessions_started") == 3 and pool.stats.sessions_active == 2

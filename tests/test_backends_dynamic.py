@@ -22,7 +22,7 @@ from txfbtftp._backends.template import (NamePattern, TemplateBackend, parse_cli
 from txfbtftp import IWritableBackend, TransferRequest
 from txfbtftp._backends.remap import RemapBackend, normalise, parse_rules, rewrite, try_rules
 from txfbtftp._daemon.options import Options
-from txfbtftp._daemon.tap import build_backend
+from txfbtftp._daemon.build import build_backend
 from txfbtftp.testing import MemoryServer
 from txfbtftp._daemon.tap import makeService
 

@@ -14,7 +14,7 @@ from txfbtftp import CacheBackend, HTTPOrigin, ServerConfig, TFTPService
 from txfbtftp import _backends as backends
 from txfbtftp._protocol import errors
 from txfbtftp._daemon.options import Options
-from txfbtftp._daemon.tap import build_backend
+from txfbtftp._daemon.build import build_backend
 
 from . import clients, rawclient
 from .httporigin import slurp, until

@@ -3,7 +3,6 @@ import pytest
 import pytest_twisted
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.python import usage
 from twisted.web.client import Agent, readBody
@@ -12,7 +11,8 @@ from txfbtftp._protocol import packet
 from txfbtftp._observe.metrics import Metrics, MetricsService, PathClasses, as_metrics
 from txfbtftp import TFTPService
 from txfbtftp import ServerStats, SessionRecord
-from txfbtftp._daemon.tap import Options, makeService
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.tap import makeService
 
 from .rawclient import download, listen
 from .stathelp import sleep
@@ -89,11 +89,11 @@ def test_options(tmp_path):
 
     o = parse()
     assert o["metrics"] is None and o["stats-interval"] == 60 and o["log-format"] == "text"
-    assert not isinstance(makeService(o), MultiService)
+    assert [type(s).__name__ for s in makeService(o)] == ["TFTPService", "Signals"]
     o = parse("--metrics", "9469", "--metrics-path-class", r"\.efi$=efi", "--stats-interval", "0")
     assert o["metrics"] == "tcp:9469" and o["path_classes"]("grubx64.efi") == "efi"
     top = makeService(o)
-    tftp, web = list(top)
+    tftp, web, _ = list(top)
     assert isinstance(tftp, TFTPService) and isinstance(web, MetricsService)
     assert tftp.server_stats_callback is None and web.registry is tftp.metrics.registry
     for args, words in [(("--metrics", "nope:1"), "--metrics"), (("--metrics", "tcp:x"), "--metrics"),
@@ -112,7 +112,7 @@ def test_scrape_after_real_transfers(root):
                     "--metrics", "tcp:0:interface=127.0.0.1", "--metrics-path-class", r"\.bin$=binary"])
     top = makeService(o)
     top.startService()
-    tftp, web = list(top)
+    tftp, web, _ = list(top)
     try:
         server = ("127.0.0.1", tftp.bound_port)
         c = listen()

@@ -23,7 +23,8 @@ from txfbtftp import FilesystemBackend
 from txfbtftp import IBackend
 from txfbtftp import Limits
 from txfbtftp import Schedule
-from txfbtftp._daemon.tap import Options, makeService
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.tap import makeService
 
 from . import clients
 from .rawclient import download, listen
@@ -93,10 +94,10 @@ def cli(root, started):
         o = Options()
         o.parseOptions(["--backend", "fs:%s" % root, "--port", "0", "--stats-interval", "0", "--shutdown-grace", "0"]
                        + list(args))
-        svc = makeService(o)
-        svc.startService()
-        started.append(svc)
-        return svc
+        top = makeService(o)
+        top.startService()
+        started.append(top)
+        return next(iter(top))  # the TFTP service
 
     return start
 

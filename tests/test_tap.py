@@ -8,7 +8,10 @@ from twisted.python import usage
 
 import txfbtftp
 from txfbtftp import TFTPService
-from txfbtftp._daemon.tap import Options, build_backend, makeService
+from txfbtftp._daemon.build import build_backend
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.signals import Signals
+from txfbtftp._daemon.tap import makeService
 
 
 def built(options):
@@ -36,8 +39,8 @@ def test_every_option(tmp_path):
     assert (cfg.limits.max_blksize, cfg.limits.max_windowsize, cfg.limits.max_upload_size) == (1468, 8, 64 << 20)
     assert cfg.port_range == (50000, 50099) and cfg.single_port
     assert built(o).writable and built(o).overwrite
-    svc = makeService(o)
-    assert isinstance(svc, TFTPService) and svc.port == 6969
+    tftp, signals = list(makeService(o))
+    assert isinstance(tftp, TFTPService) and tftp.port == 6969 and isinstance(signals, Signals)
 
 
 def test_defaults(tmp_path):

@@ -26,9 +26,14 @@ def free_port(kind=socket.SOCK_DGRAM):
     return port
 
 
+def _children(pid, pattern=None):
+    args = ["pgrep", "-P", str(pid)] + (["-f", pattern] if pattern else [])
+    return [int(p) for p in subprocess.run(args, capture_output=True, text=True).stdout.split()]
+
+
 def children(pid):
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "txfbtftp._daemon.worker"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    """The worker processes: forked by the launcher the main process started."""
+    return [w for launcher in _children(pid, "txfbtftp._daemon.launcher") for w in _children(launcher)]
 
 
 @pytest.fixture
@@ -91,3 +96,21 @@ def test_a_worker_that_dies_is_restarted(cluster):
                 return
         time.sleep(0.1)
     pytest.fail("worker not restarted:\n" + logfile.read_text(errors="replace")[-2000:])
+
+
+def test_a_worker_line_that_is_not_a_json_object_is_ignored(tmp_path):
+    from twisted.internet.task import Clock
+
+    from txfbtftp import MemoryBackend, TFTPService
+    from txfbtftp._daemon.options import Options
+    from txfbtftp._daemon.pool import WorkerPool, _Channel
+
+    options = Options()
+    options.parseOptions(["--backend", "fs:%s" % tmp_path, "--workers", "2"])
+    pool = WorkerPool(Clock(), options, TFTPService(MemoryBackend(), Clock()))
+    channel = _Channel(pool, 1)
+    for line in (b"42", b"null", b"[1]", b"not json"):
+        channel.lineReceived(line)
+    channel.lineReceived(b'{"counters": {"sessions_started": 3}, "active": 2, "hello": 4242}')
+    assert pool.stats.get_counter("sessions_started") == 3 and pool.stats.sessions_active == 2
+    assert channel.pid == 4242

@@ -93,6 +93,15 @@ class IWritableBackend(IBackend):
         """An :class:`IWriter` for ``path``; may refuse as ``get_reader`` does."""
 
 
+class Unavailable(ValueError):
+    """What a backend serves from is missing or unreadable (a root directory,
+    a rule file): raised by ``start`` or ``reload``."""
+
+
+class Unwritable(ValueError):
+    """Where a backend must write (a cache directory) cannot be written."""
+
+
 class ILifecycle(Interface):
     """Something (usually a backend) with resources to set up and release.
 
@@ -104,7 +113,9 @@ class ILifecycle(Interface):
     """
 
     def start() -> None:
-        """Acquire what serving needs; raise ValueError (one clear sentence) if it cannot."""
+        """Acquire what serving needs; raise ValueError (one clear sentence)
+        if it cannot: :class:`Unavailable` for something missing or
+        unreadable, :class:`Unwritable` for somewhere it cannot write."""
 
     def stop() -> Deferred[None] | None:
         """Release everything: no connection, timer or thread left behind."""

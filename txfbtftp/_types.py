@@ -7,14 +7,16 @@ a :class:`twisted.internet.task.Clock` is enough for a session's timers.
 """
 from __future__ import annotations
 
-from twisted.internet.interfaces import (IReactorCore, IReactorFDSet, IReactorPluggableNameResolver, IReactorUDP,
-                                         IReactorProcess, IReactorTCP, IReactorThreads, IReactorTime)
+from twisted.internet.interfaces import (IReactorCore, IReactorFDSet, IReactorFromThreads,
+                                         IReactorPluggableNameResolver, IReactorSocket, IReactorTCP,
+                                         IReactorThreads, IReactorTime, IReactorUDP)
 
 
-class IServerReactor(IReactorTime, IReactorFDSet, IReactorCore):
+class IServerReactor(IReactorTime, IReactorFDSet, IReactorCore, IReactorFromThreads, IReactorSocket):
     """What a :class:`~txfbtftp.TFTPService` runs on: timers, file
-    descriptors (the listening ports, the session sockets' poller) and
-    system events."""
+    descriptors (the listening ports, the session sockets' poller), system
+    events, calls from signal handlers, and adopted sockets (a worker's
+    report channel)."""
 
 
 class IHTTPReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver, IReactorThreads):
@@ -22,7 +24,7 @@ class IHTTPReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver, IRe
     name resolution, and a thread pool for syncing files."""
 
 
-class IPoolReactor(IReactorTime, IReactorProcess):
+class IPoolReactor(IReactorTime, IReactorSocket):
     """What the ``--workers`` supervisor runs on."""
 
 

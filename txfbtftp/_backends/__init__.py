@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-from txfbtftp._interfaces import IBackend
+from txfbtftp._interfaces import IBackend, Unavailable
 
 #: ``factory(argument, **settings) -> IBackend``; settings are server-wide
 #: (``writable``, ``overwrite``, ``reactor``, ``http_timeout``, ``cache_dir``,
@@ -56,10 +56,11 @@ def check_spec(spec: str) -> None:
         entry.check(arg)
 
 
-def from_spec(spec: str, **settings: Any) -> IBackend:
-    """Build the backend named by ``spec``, e.g. ``fs:/srv/tftp``."""
+def from_spec(spec: str, check: bool = True, **settings: Any) -> IBackend:
+    """Build the backend named by ``spec``, e.g. ``fs:/srv/tftp``; ``check``
+    first (the daemon has checked already, where the files were then)."""
     entry, arg = _lookup(spec)
-    if entry.check is not None:
+    if check and entry.check is not None:
         entry.check(arg)
     backend = entry.factory(arg, **settings)
     if not IBackend.providedBy(backend):
@@ -73,7 +74,7 @@ def _directory(scheme: str, what: str) -> Check:
         if not arg.strip():
             raise ValueError("%s: needs %s, e.g. %s:/srv/tftp" % (scheme, what, scheme))
         if not os.path.isdir(arg):
-            raise ValueError("%s:%s: not a directory" % (scheme, arg))
+            raise Unavailable("%s:%s: not a directory" % (scheme, arg))
     return check
 
 

@@ -5,21 +5,31 @@ modification time, so a replaced file gets a fresh one) and use ``pread``:
 two thousand clients of one kernel image cost one descriptor and no
 per-session buffer beyond a block.  Uploads go to a hidden temporary file in
 the target directory and become visible only on commit (fsync, then link or
-rename), so a partial upload never appears under its final name.
+rename), so a partial upload never appears under its final name.  A writer
+holds an exclusive lock on its temporary file: at start-up the temporary
+files nobody holds (left by a crash, even a ``kill -9``) are removed, while
+those another live process is writing stay; and no name of that pattern is
+ever served or taken for an upload.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import re
 import stat
 import tempfile
 
 from zope.interface import implementer
 
-from txfbtftp._interfaces import ILifecycle, IReader, IWritableBackend, IWriter, TransferRequest
+from txfbtftp._interfaces import (ILifecycle, IReader, IWritableBackend, IWriter, TransferRequest, Unavailable,
+                                  Unwritable)
+from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 
 _Key = tuple[int, int, int]
+#: An upload's temporary file: ``.NAME.XXXXXXXX.part`` (mkstemp's eight characters).
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.part$")
 
 
 class _SharedFile:
@@ -81,6 +91,7 @@ class FileWriter:
         self._mode = mode
         directory, name = os.path.split(path)
         fd, self.tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".part", dir=directory)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
@@ -155,17 +166,33 @@ class FilesystemBackend:
 
     def start(self) -> None:
         root = os.path.realpath(self._configured)
-        if not os.path.isdir(root):
-            raise ValueError("%s is not a directory" % self._configured)
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            raise Unavailable("%s does not exist" % self._configured) from None
+        except OSError as e:
+            raise Unavailable("%s is not reachable by uid %d: %s"
+                              % (self._configured, os.geteuid(), e.strerror)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise Unavailable("%s is not a directory" % self._configured)
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise Unavailable("%s is not readable by uid %d" % (self._configured, os.geteuid()))
+        if self.writable and not os.access(root, os.W_OK | os.X_OK):
+            raise Unwritable("%s is not writable by uid %d (uploads are on)" % (self._configured, os.geteuid()))
         self.root = root
+        if self.writable:
+            removed = remove_abandoned(root)
+            if removed:
+                log.info("removed {n} unfinished uploads under {root}", n=removed, root=root)
 
     def stop(self) -> None:
         pass
 
     def resolve(self, path: str) -> str:
-        """The real path of ``path`` under the root; AccessViolation if it escapes."""
+        """The real path of ``path`` under the root; AccessViolation if it
+        escapes; FileNotFound for an upload's temporary file."""
         rel = path.lstrip("/")
-        if not rel or "\x00" in rel:
+        if not rel or "\x00" in rel or any(TEMPORARY.match(part) for part in rel.split("/")):
             raise errors.FileNotFound()
         full = os.path.realpath(os.path.join(self.root, rel))
         if os.path.commonpath([self.root, full]) != self.root:
@@ -217,3 +244,28 @@ class FilesystemBackend:
             return FileWriter(full, self.overwrite, self._file_mode)
         except OSError as e:
             raise _os_error(e) from e
+
+
+def remove_abandoned(root: str) -> int:
+    """Remove the uploads' temporary files under ``root`` that no live writer
+    holds (their writer's lock went with it); how many were removed."""
+    removed = 0
+    for directory, _dirs, names in os.walk(root):
+        for name in names:
+            if not TEMPORARY.match(name):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            else:
+                os.unlink(path)
+                removed += 1
+            finally:
+                os.close(fd)
+    return removed

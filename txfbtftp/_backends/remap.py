@@ -45,7 +45,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from txfbtftp._interfaces import (IBackend, ILifecycle, IReader, IReloadable, IWritableBackend, IWriter,
-                                  MaybeDeferred, TransferRequest)
+                                  MaybeDeferred, TransferRequest, Unavailable)
 from txfbtftp._lifecycle import reload_all, start_all, stop_all
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
@@ -132,7 +132,7 @@ def load_rules(filename: str) -> list[Rule]:
         with open(filename, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError("cannot read remap rules %s: %s" % (filename, e)) from None
+        raise Unavailable("cannot read remap rules %s: %s" % (filename, e)) from None
     return parse_rules(text, filename)
 
 

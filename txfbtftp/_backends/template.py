@@ -49,7 +49,7 @@ from re import Pattern
 from zope.interface import implementer
 
 from txfbtftp._backends.memory import BytesReader
-from txfbtftp._interfaces import IBackend, ILifecycle, IReloadable, TransferRequest
+from txfbtftp._interfaces import IBackend, ILifecycle, IReloadable, TransferRequest, Unavailable
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 
@@ -223,8 +223,8 @@ class TemplateBackend:
 
     def start(self) -> None:
         root = os.path.realpath(self._configured)
-        if not os.path.isdir(root):
-            raise ValueError("%s is not a directory" % self._configured)
+        if not os.path.isdir(root) or not os.access(root, os.R_OK | os.X_OK):
+            raise Unavailable("%s is not a readable directory" % self._configured)
         self.root = root
         self.reload()
 
@@ -250,7 +250,7 @@ class TemplateBackend:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise ValueError("cannot read %s: %s" % (path, e.strerror)) from None
+            raise Unavailable("cannot read %s: %s" % (path, e.strerror)) from None
         return (st.st_ino, st.st_mtime_ns, st.st_size), parse_clients(text, path)
 
     def clients(self) -> dict[str, Variables] | None:

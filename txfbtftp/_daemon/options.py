@@ -8,7 +8,11 @@ file that serving needs.
 """
 from __future__ import annotations
 
+import ipaddress
+import os
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -16,6 +20,9 @@ from twisted.python import usage
 
 from txfbtftp._backends import check_spec
 from txfbtftp._backends.remap import Rule, load_rules, try_rules
+from txfbtftp._daemon.jail import Jail
+from txfbtftp._daemon.startup import EX_NOINPUT, EX_USAGE, exit_with
+from txfbtftp._interfaces import Unavailable
 from txfbtftp._observe.metrics import PathClasses
 from txfbtftp._protocol.options import MAX_BLKSIZE, Limits
 from txfbtftp._protocol.schedule import DEFAULT_SPEC, Schedule
@@ -31,6 +38,18 @@ def parse_size(text: str) -> int:
         mult = 1024 ** ("KMG".index(t[-1]) + 1)
         t = t[:-1]
     return int(t) * mult
+
+
+#: Schemes whose argument is a directory, seen differently before and after --chroot.
+PATH_SCHEMES = ("fs", "template")
+
+
+class OptionError(usage.UsageError):
+    """A usage error with its exit status (a missing root is 66, as in tftpd-hpa)."""
+
+    def __init__(self, message: str, code: int = EX_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -52,6 +71,7 @@ class Options(usage.Options):
         ["no-adaptive", None, "Retransmit on the fixed schedule only, without RTT estimation."],
         ["verbose", "v", "Log at debug level."],
         ["remap-test", None, "Read paths on stdin, print each as --remap rewrites it (or DENIED), exit."],
+        ["systemd", None, "Serve the socket(s) systemd passes (socket activation: LISTEN_FDS)."],
     ]
     optParameters = [
         ["port", "p", 69, "UDP port to listen on.", int],
@@ -116,9 +136,14 @@ class Options(usage.Options):
         """REGEX=NAME: label matching paths NAME in metrics; repeatable, first match wins."""
         self["path_class_rules"].append(value)
 
+    #: The chroot, when no twistd command line says it (a worker's launcher).
+    chroot: str | None = None
+
     def postOptions(self) -> None:
+        jail = self["jail"] = Jail(self.parent.get("chroot") if self.parent is not None else self.chroot)
         if self["remap"]:
-            self["rules"] = self._rules()
+            self["rules"] = self._rules(jail.host(self["remap"]))
+            self["remap-inside"] = jail.inside(self["remap"])
         if self["remap-test"]:
             if self["rules"] is None:
                 raise usage.UsageError("--remap-test needs --remap FILE")
@@ -127,14 +152,30 @@ class Options(usage.Options):
             raise usage.UsageError("--backend is required, e.g. --backend fs:/srv/tftp")
         for spec in self["backends"]:
             try:
-                check_spec(spec)
+                check_spec(_at(spec, jail.host))
+            except Unavailable as e:
+                raise OptionError(str(e), EX_NOINPUT) from None
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        if not self["interfaces"]:
-            self["interfaces"] = ["::"]
+        #: The backend specs with their directories where they are once serving.
+        self["served"] = [_at(spec, jail.inside) for spec in self["backends"]]
+        self["interfaces"] = [_interface(i) for i in self["interfaces"]] or ["::"]
         self["config"] = self._config()
+        if self["systemd"]:
+            self["listen-fds"] = self._systemd_fds()
         self._fetching()
         self._observability()
+
+    def _systemd_fds(self) -> list[int]:
+        """The sockets systemd passed (sd_listen_fds): descriptors 3 onwards.
+        (twistd's own systemd support has read and cleared the variables by
+        now: it keeps what it read in ``_listenFDs``.)"""
+        if self["workers"] > 1:
+            raise usage.UsageError("--systemd serves one socket: run one process per .socket (no --workers)")
+        count = _listen_fds(os.environ)
+        if count is None:
+            raise usage.UsageError("--systemd: no socket was passed (LISTEN_PID/LISTEN_FDS are not set for us)")
+        return list(range(3, 3 + count))
 
     def _config(self) -> ServerConfig:
         if not 0 <= self["port"] <= 65535:
@@ -216,12 +257,71 @@ class Options(usage.Options):
 
     def backend_settings(self) -> dict[str, Any]:
         """What backend factories take, besides the reactor."""
+        cache_dir = self["cache-dir"] and self["jail"].inside(self["cache-dir"])
         return dict(writable=self["writable"], overwrite=self["overwrite"], http_timeout=self["http-timeout"],
-                    cache_dir=self["cache-dir"], cache_size=self["cache_size"],
-                    cache_revalidate=self["cache-revalidate"])
+                    cache_dir=cache_dir, cache_size=self["cache_size"], cache_revalidate=self["cache-revalidate"])
 
-    def _rules(self) -> list[Rule]:
+    def _rules(self, path: str) -> list[Rule]:
         try:
-            return load_rules(self["remap"])
+            return load_rules(path)
+        except Unavailable as e:
+            raise OptionError(str(e), EX_NOINPUT) from None
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _at(spec: str, where: Callable[[str], str]) -> str:
+    """``spec`` with its directory (for :data:`PATH_SCHEMES`) mapped by ``where``."""
+    scheme, sep, arg = spec.partition(":")
+    if sep and scheme in PATH_SCHEMES and arg:
+        return "%s:%s" % (scheme, where(arg))
+    return spec
+
+
+def _interface(text: str) -> str:
+    """An address to listen on, checked: a name is not an address."""
+    try:
+        ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        raise usage.UsageError("--interface takes an IP address (IPv4 or IPv6), not %r" % text) from None
+    return text
+
+
+def _listen_fds(environ: Any) -> int | None:
+    """How many sockets systemd passed this process (from descriptor 3), if it did.
+
+    Twisted reads ``LISTEN_FDS`` when ``twisted.internet.endpoints`` is
+    imported, and clears it (keeping the descriptors only when
+    ``LISTEN_FDNAMES`` matches, as systemd sets it and
+    ``systemd-socket-activate`` does not); so ask Twisted, and failing that
+    count the datagram sockets from descriptor 3 on.
+    """
+    if environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS", "").isdigit():
+        return int(environ["LISTEN_FDS"])
+    from twisted.internet import endpoints
+    kept = endpoints._SystemdParser._sddaemon.inheritedDescriptors()
+    if kept:
+        return len(kept)
+    count = 0
+    while True:
+        try:
+            probe = socket.socket(fileno=3 + count)
+        except OSError:
+            break
+        kind = probe.type
+        probe.detach()
+        if kind != socket.SOCK_DGRAM:
+            break
+        count += 1
+    return count or None
+
+
+class TwistdOptions(Options):
+    """What ``twistd tftp`` parses: a mistake is one line and an exit status,
+    not twistd's page of usage."""
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            exit_with(str(e), getattr(e, "code", EX_USAGE))

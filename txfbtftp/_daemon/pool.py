@@ -1,171 +1,222 @@
-"""The main process's side of ``--workers N``: several processes serving the same port(s).
+"""The main process's side of ``--workers N``: N processes serving one port.
 
 Python serves one core.  With SO_REUSEPORT the kernel spreads requests over
-the processes listening on a port, hashing the client's address and port,
-so a client's repeated requests (and, in single-port mode, all its packets)
-reach the same process; each process has its own reactor and session
-sockets.  The main process serves too, and supervises N-1 workers: it
-restarts one that dies (with a growing delay) and stops them with itself.
+the sockets bound to a port, hashing the client's address and port, so a
+client's repeated requests (and, in single-port mode, all its packets)
+reach the same process.  Here the main process binds all N sockets of each
+interface itself, while still privileged: first it checks that the port is
+free for an exclusive bind (so a second server on the port fails with
+"address already in use", as tftpd-hpa does, instead of joining the group),
+then binds the group, keeps one share for its own
+:class:`~txfbtftp.TFTPService` and hands the others to the workers, which
+the launcher (:mod:`txfbtftp._daemon.launcher`) forks.  Because the main
+process holds every socket, a worker that dies and is restarted finds its
+socket where it was: the group never changes, no client is sent to another
+process, and requests that arrive meanwhile wait in the socket's queue.
 
-Statistics add up: a worker writes one JSON line on its standard output
-for each finished session (its record) and, twice a second, the counters it
-gathered since the last line; the main process adds them to its own
-:class:`~txfbtftp.ServerStats` and hands the records to its listeners
-(metrics, callbacks) as if they were its own.
+Statistics add up: each worker reports its session records, counters and
+log lines on a stream of its own (:mod:`txfbtftp._daemon.worker`), and the
+main process hands them to its own statistics and metrics as if they were
+its own.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import sys
-from collections.abc import Callable
+import signal
+import socket
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import protocol
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import LogLevel
+from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from txfbtftp._daemon.adopt import adopt
+from txfbtftp._daemon.launcher import Launcher
+from txfbtftp._daemon.options import Options
+from txfbtftp._daemon.startup import EX_OSERR, StartupError
+from txfbtftp._net.listener import bind_listening_socket
 from txfbtftp._observe.logs import log
 from txfbtftp._observe.records import SessionRecord
-from txfbtftp._observe.stats import ServerStats
+from txfbtftp._server.service import TFTPService
 from txfbtftp._types import IPoolReactor
 
-REPORT_INTERVAL = 0.5
+#: A worker that dies this soon after starting is restarted after a growing delay.
+_STEADY = 30.0
 
 
-class _Worker(protocol.ProcessProtocol):
-    """One worker process: its reports on stdout, its log lines on stderr."""
+class _Channel(LineOnlyReceiver):
+    """The main process's end of one worker's report stream."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 << 20
 
     def __init__(self, pool: WorkerPool, number: int) -> None:
         self.pool = pool
         self.number = number
-        self._out = b""
-        self._err = b""
-        self.ended: Deferred[None] | None = None
+        self.pid: int | None = None
+        self.ended: Deferred[None] = Deferred()
 
-    def outReceived(self, data: bytes) -> None:
-        self._out += data
-        *lines, self._out = self._out.split(b"\n")
-        for line in lines:
-            if line:
-                self.pool.report(self.number, line)
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(message, dict):
+            self.pool.report(self, message)
 
-    def errReceived(self, data: bytes) -> None:
-        self._err += data
-        *lines, self._err = self._err.split(b"\n")
-        for line in lines:
-            log.info("worker {n}: {line}", n=self.number, line=line.decode("utf-8", "replace"))
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None:
-            try:
-                self.transport.signalProcess(name)
-            except ProcessExitedAlready:
-                pass
-
-    def processEnded(self, reason: Failure) -> None:
-        ended, self.ended = self.ended, None
-        self.pool.ended(self, reason)
-        if ended is not None:
-            ended.callback(None)
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.pool.ended(self)
+        self.ended.callback(None)
 
 
 class WorkerPool(Service):
-    """Runs ``count`` worker processes with ``argv`` (twistd tftp options)."""
+    """Binds every process's share of the port(s), and keeps N-1 workers running."""
 
-    def __init__(self, reactor: IPoolReactor, argv: list[str], count: int, stats: ServerStats,
-                 port: Callable[[], int] | None = None, executable: str = sys.executable) -> None:
+    def __init__(self, reactor: IPoolReactor, options: Options, tftp: TFTPService) -> None:
         self.reactor = reactor
-        self.argv = list(argv)
-        self.port = port
-        self.count = count
-        self.stats = stats
-        self.executable = executable
-        self.workers: dict[int, _Worker] = {}
+        self.options = options
+        self.tftp = tftp
+        self.count = options["workers"]
+        self.stats = tftp.stats
+        #: Each worker's listening sockets, by worker number (1..N-1).
+        self.shares: dict[int, list[socket.socket]] = {}
+        self.channels: dict[int, _Channel] = {}
+        # Started now, while twistd has neither chrooted nor dropped privileges.
+        parent = options.parent
+        self._launcher: Launcher | None = Launcher(
+            options["argv"], parent.get("chroot") if parent else None, parent.get("uid") if parent else None,
+            parent.get("gid") if parent else None)
+        self._started: dict[int, float] = {}
         self._delay: dict[int, float] = {}
         self._pending: dict[int, IDelayedCall] = {}
 
+    # -- start --------------------------------------------------------------------
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        shares: list[list[socket.socket]] = [[] for _ in range(self.count)]
+        for iface in self.options["interfaces"]:
+            iface, port = _exclusive_check(iface, self.options["port"])
+            for share in shares:
+                share.append(bind_listening_socket(iface, port, reuse_port=True))
+                port = share[-1].getsockname()[1]  # port 0: the others join the first one's
+        self.tftp.listeners = shares[0]
+        self.shares = dict(enumerate(shares[1:], 1))
+
     def startService(self) -> None:
+        if not self.shares:
+            self.privilegedStartService()
         super().startService()
-        for n in range(1, self.count):
+        for n in self.shares:
             self._spawn(n)
 
     def _spawn(self, n: int) -> None:
         self._pending.pop(n, None)
-        if not self.running:
+        if not self.running or self._launcher is None:
             return
-        worker = _Worker(self, n)
-        args = [self.executable, "-m", "txfbtftp._daemon.worker"] + self.argv
-        if self.port is not None:
-            args += ["--port", str(self.port())]  # the port the main process got, if it asked for 0
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel = self.channels[n] = _Channel(self, n)
+        adopt(self.reactor, ours.fileno(), channel)
+        ours.close()
         try:
-            self.reactor.spawnProcess(worker, self.executable, args, env=os.environ.copy(),
-                                      childFDs={0: "w", 1: "r", 2: "r"})
-        except Exception:
-            log.failure("cannot start worker {n}", n=n)
-            self._retry(n)
-            return
-        self.workers[n] = worker
+            self._launcher.spawn(n, theirs, self.shares[n])
+        except OSError as e:
+            log.error("cannot start worker {n}: {err}", n=n, err=e)
+        finally:
+            theirs.close()
+        self._started[n] = self.reactor.seconds()
 
-    def report(self, n: int, line: bytes) -> None:
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            msg = None
-        if not isinstance(msg, dict):  # a stray print from a backend, say
-            log.info("worker {n}: {line}", n=n, line=line.decode("utf-8", "replace"))
-            return
+    # -- what workers say -------------------------------------------------------------
+    def report(self, channel: _Channel, message: dict[str, Any]) -> None:
+        n = channel.number
+        if "hello" in message:
+            channel.pid = message["hello"]
+        if "log" in message:
+            level = LogLevel.levelWithName(message.get("level", "info"))
+            log.emit(level, "worker {n}: {text}", n=n, text=message["log"])
+        if "fatal" in message:
+            log.error("worker {n} cannot start: {why}", n=n, why=message["fatal"])
         stats = self.stats
-        if "record" in msg:
-            record = SessionRecord(**msg["record"])
+        for fields in message.get("records", ()):
+            record = SessionRecord(**fields)
             for listener in stats.session_listeners:
                 try:
                     listener(record)
                 except Exception:
                     log.failure("session statistics callback {callback!r} failed", callback=listener)
-        else:
-            for name, value in msg.get("counters", {}).items():
-                stats.increment_counter(name, value)
-            stats.peers_active[n] = msg.get("active", 0)
-            self._delay.pop(n, None)  # it is up and reporting: the next restart is quick again
+        for name, value in message.get("counters", {}).items():
+            stats.increment_counter(name, value)
+        if "active" in message:
+            stats.peers_active[n] = message["active"]
 
-    def ended(self, worker: _Worker, reason: Failure) -> None:
-        n = worker.number
-        if self.workers.get(n) is worker:
-            del self.workers[n]
+    def ended(self, channel: _Channel) -> None:
+        n = channel.number
+        if self.channels.get(n) is channel:
+            del self.channels[n]
         self.stats.peers_active.pop(n, None)
-        if self.running:
-            log.warn("worker {n} exited ({reason}); restarting", n=n, reason=reason.value)
-            self._retry(n)
+        if not self.running:
+            return
+        up = self.reactor.seconds() - self._started.get(n, 0.0)
+        delay = self._delay[n] = 0.0 if up > _STEADY else min(max(self._delay.get(n, 0.25), 0.25) * 2, 30.0)
+        log.warn("worker {n} exited; restarting it in {delay:g}s", n=n, delay=delay)
+        self._pending[n] = self.reactor.callLater(delay, self._spawn, n)
 
-    def _retry(self, n: int) -> None:
-        if self.running:
-            delay = self._delay[n] = min(self._delay.get(n, 0.5) * 2, 30.0)
-            self._pending[n] = self.reactor.callLater(delay, self._spawn, n)
+    def signal(self, name: str) -> None:
+        """Send the signal ``name`` (``HUP``, ``TERM``, ``KILL``) to every worker."""
+        number = getattr(signal, "SIG" + name)
+        for channel in list(self.channels.values()):
+            if channel.pid is not None:
+                try:
+                    os.kill(channel.pid, number)
+                except ProcessLookupError:
+                    pass
 
+    # -- stop ---------------------------------------------------------------------------
     def stopService(self) -> Deferred[None]:
         super().stopService()
         for call in self._pending.values():
             if call.active():
                 call.cancel()
         self._pending.clear()
-        waits: list[Deferred[None]] = []
-        for worker in list(self.workers.values()):
-            if worker.transport is None:
-                continue
-            d: Deferred[None] = Deferred()
-            worker.ended = d
-            waits.append(d)
-            worker.signal("TERM")
-            kill = self.reactor.callLater(5, worker.signal, "KILL")
-            d.addBoth(_cancelling(kill))
-        return DeferredList(waits).addCallback(lambda _: None)
+        waits = [c.ended for c in self.channels.values()]
+        self.signal("TERM")
+        grace = self.options["config"].shutdown_grace
+        kill = self.reactor.callLater(grace + 5.0, self.signal, "KILL")
+        done = DeferredList(waits).addCallback(lambda _: None) if waits else succeed(None)
+        return done.addBoth(self._stopped, kill)
+
+    def _stopped(self, result: object, kill: IDelayedCall) -> None:
+        if kill.active():
+            kill.cancel()
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
+        for share in self.shares.values():
+            for sock in share:
+                sock.close()
+        self.shares = {}
 
 
-def _cancelling(call: IDelayedCall) -> Callable[[object], None]:
-    def cancel(_: object) -> None:
-        if call.active():
-            call.cancel()
-    return cancel
+def _exclusive_check(interface: str, port: int) -> tuple[str, int]:
+    """Fail as a second server on the port would with tftpd-hpa: bind it
+    without SO_REUSEPORT first (a reuseport group already there refuses).
+    The interface (``::`` falls back to ``0.0.0.0`` without IPv6) and port to use."""
+    try:
+        probe = bind_listening_socket(interface, port)
+    except OSError as e:
+        if interface == "::" and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            log.warn("IPv6 unavailable ({err}); listening on 0.0.0.0 instead", err=e)
+            return _exclusive_check("0.0.0.0", port)
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError("cannot listen on %s port %d: address already in use" % (interface, port),
+                               EX_OSERR) from None
+        raise
+    if port == 0:
+        port = probe.getsockname()[1]
+    probe.close()
+    return interface, int(port)

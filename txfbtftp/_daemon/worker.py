@@ -1,75 +1,131 @@
-"""A worker process of ``--workers N``: ``python -m txfbtftp._daemon.worker OPTIONS``.
+"""A worker process of ``--workers N``, forked by :mod:`txfbtftp._daemon.launcher`.
 
-It parses the same options as the main process, serves the same port(s)
-with SO_REUSEPORT, and reports on its standard output, one JSON object per
-line: each finished session's record, and twice a second the counters it
-gathered since the last line (see :mod:`txfbtftp._daemon.pool`).  It exits
-when the main process goes (its standard input closes).
+It serves the listening sockets the main process bound for it (a share of
+the port's SO_REUSEPORT group), with a reactor of its own, and reports on
+its channel to the main process, one JSON object per line: ``hello`` (its
+pid), ``log`` (each log line), and every tenth of a second the records of
+the sessions that ended and the counters gathered since the last report.
+The channel is a Twisted transport, so reporting never blocks serving; the
+main process adds it all to its own statistics and metrics.  SIGTERM drains
+and exits, SIGHUP reloads; when the main process goes (the channel closes),
+the worker drains and exits too.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
+import socket
 import sys
 from typing import Any, cast
 
-from twisted.internet import protocol, stdio
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
+from twisted.logger import ILogObserver, LogLevel, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from txfbtftp._daemon.adopt import adopt
 from txfbtftp._daemon.options import Options
-from txfbtftp._daemon.tap import build_tftp
+from txfbtftp._daemon.signals import Signals
+from txfbtftp._daemon.startup import EX_SOFTWARE, classify
+from txfbtftp._daemon.build import build_tftp
+from txfbtftp._observe.records import SessionRecord
+from txfbtftp._server.service import TFTPService
 from txfbtftp._types import IServerReactor
 
-REPORT_INTERVAL = 0.5
+REPORT_INTERVAL = 0.1
 
 
-class _Parent(protocol.Protocol):
-    """Standard input: when it closes, the main process is gone."""
+class Channel(Protocol):
+    """The worker's end of its report channel."""
 
     def __init__(self, reactor: IServerReactor) -> None:
         self._reactor = reactor
+        self.records: list[dict[str, Any]] = []
+        self._closed: Deferred[None] | None = None
 
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if self._reactor.running:
-            self._reactor.stop()
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def record(self, record: SessionRecord) -> None:
+        self.records.append(record.as_dict())
+
+    def close(self) -> Deferred[None]:
+        """Flush what is written, then close; fires once closed."""
+        d = self._closed = Deferred()
+        if self.transport is None:
+            d.callback(None)
+        else:
+            self.transport.loseConnection()
+        return d
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._closed is not None:
+            if not self._closed.called:
+                self._closed.callback(None)
+        elif self._reactor.running:
+            self._reactor.stop()  # the main process has gone: drain and exit
 
 
-def main(argv: list[str]) -> None:
-    from twisted.internet import reactor as _reactor  # a process of its own: the default reactor
+@implementer(ILogObserver)
+class _ToChannel:
+    """Log events, as text, to the main process (which stamps and prefixes them)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level") or LogLevel.info
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        self._channel.send({"log": text, "level": level.name})
+
+
+def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -> int:
+    """Serve until told to stop; the exit status."""
+    from twisted.internet.default import install
+    install()  # a forked child's own, first reactor (installed, not imported: it may be chrooted)
+    from twisted.internet import reactor as _reactor
     reactor = cast(IServerReactor, _reactor)
-    # The main process stamps and prefixes each line it relays.
-    plain = FileLogObserver(sys.stderr, lambda e: eventAsText(e, includeTimestamp=False, includeSystem=False) + "\n")
-    globalLogBeginner.beginLoggingTo([plain], redirectStandardIO=False)
-    opts = Options()
-    opts.parseOptions(argv)
-    opts["config"] = dataclasses.replace(opts["config"], reuse_port=True)
-    svc = build_tftp(opts, reactor, log_stats=False)
-    out = sys.stdout
-
-    def send(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg, separators=(",", ":")) + "\n")
-
-    svc.stats.session_listeners.append(lambda record: send({"record": record.as_dict()}))
-
-    def report() -> None:
-        send({"counters": svc.stats.get_and_reset_all_counters(), "active": svc.stats.active})
-        out.flush()
-
-    stdio.StandardIO(_Parent(reactor), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY),  # type: ignore[call-arg]
-                     reactor=reactor)
+    channel = Channel(reactor)
+    adopt(reactor, channel_fd, channel)
+    os.close(channel_fd)
+    globalLogBeginner.beginLoggingTo([_ToChannel(channel)], redirectStandardIO=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    svc.privilegedStartService()
-    svc.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
-    loop = LoopingCall(report)
+    channel.send({"hello": os.getpid(), "worker": number})
+    listeners = [socket.socket(fileno=fd) for fd in listen_fds]
+    svc = build_tftp(options, reactor, log_stats=False, listeners=listeners)
+    svc.stats.session_listeners.append(channel.record)
+    try:
+        svc.privilegedStartService()
+        svc.startService()
+    except Exception as e:
+        problem = classify(e)
+        channel.send({"fatal": str(problem), "code": problem.code})
+        channel.close().addBoth(lambda _: reactor.stop())
+        reactor.run()
+        return problem.code if problem.code != EX_SOFTWARE else 1
+    Signals(reactor, svc).startService()
+    loop = LoopingCall(_report, channel, svc)
     loop.clock = reactor
     loop.start(REPORT_INTERVAL, now=False)
+
+    def stop() -> Deferred[None]:
+        loop.stop()
+        return svc.stopService().addCallback(lambda _: _report(channel, svc)).addCallback(lambda _: channel.close())
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
+    return 0
+
+
+def _report(channel: Channel, svc: TFTPService) -> None:
+    records, channel.records = channel.records, []
+    channel.send({"records": records, "counters": svc.stats.get_and_reset_all_counters(),
+                  "active": svc.stats.active})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit("a worker is started by the launcher (txfbtftp._daemon.launcher), not by hand")

@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -178,18 +180,30 @@ def metrics_site(registry: CollectorRegistry) -> Site:
 
 
 class MetricsService(Service):
-    """Serves ``/metrics`` on a stream endpoint (``serverFromString(reactor, "tcp:9469")``)."""
+    """Serves ``/metrics`` on a stream endpoint (``serverFromString(reactor, "tcp:9469")``).
 
-    def __init__(self, endpoint: Any, registry: CollectorRegistry) -> None:
+    It listens in ``privilegedStartService`` (before ``twistd`` drops
+    privileges), or in ``startService`` if started without it.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, registry: CollectorRegistry) -> None:
         self.endpoint = endpoint
         self.registry = registry
         #: The listening port, once listening.
-        self.port: Any = None
+        self.port: IListeningPort | None = None
         self._starting = False
         self._early: Failure | None = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
     def startService(self) -> None:
         super().startService()
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
         self._starting, self._early = True, None
         self.endpoint.listen(metrics_site(self.registry)).addCallbacks(self._listening, self._failed)
         self._starting = False
@@ -197,7 +211,7 @@ class MetricsService(Service):
             early, self._early = self._early, None
             early.raiseException()  # at once, as a busy TFTP port does
 
-    def _listening(self, port: Any) -> None:
+    def _listening(self, port: IListeningPort) -> None:
         self.port = port
 
     def _failed(self, failure: Failure) -> None:
@@ -206,7 +220,7 @@ class MetricsService(Service):
         else:
             log.failure("cannot serve metrics on {endpoint}", failure, endpoint=self.endpoint)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None

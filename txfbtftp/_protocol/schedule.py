@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 DEFAULT_SPEC = "1,2,4,8,16,32"
+#: Bounds of a schedule: more waits, or longer ones, are a mistake, not patience.
+MAX_WAITS, MAX_WAIT = 64, 3600.0
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,9 @@ class Schedule:
     waits: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not self.waits or not all(0 < w < float("inf") for w in self.waits):
-            raise ValueError("a schedule needs at least one positive, finite wait")
+        if not self.waits or not all(0 < w <= MAX_WAIT for w in self.waits) or len(self.waits) > MAX_WAITS:
+            raise ValueError("a schedule needs 1 to %d waits, each above 0 and at most %g seconds"
+                             % (MAX_WAITS, MAX_WAIT))
 
     @classmethod
     def parse(cls, spec: str) -> Schedule:
@@ -38,12 +41,13 @@ class Schedule:
             if "x" in spec:
                 base, _, tries = spec.partition("x")
                 b, n = float(base), int(tries)
-                if n < 1:
-                    raise ValueError
-                return cls(tuple(b * (2 ** i) for i in range(n)))
+                if not 1 <= n <= MAX_WAITS:
+                    return cls(())  # refused below, with the reason
+                return cls(tuple(min(b * (2 ** i), MAX_WAIT * 2) for i in range(n)))
             return cls(tuple(float(w) for w in spec.split(",")))
-        except ValueError:
-            raise ValueError("bad timeout schedule %r: expected e.g. '1,2,4,8' or '1x6'" % spec) from None
+        except ValueError as e:
+            detail = ": %s" % e if str(e).startswith("a schedule") else ""
+            raise ValueError("bad timeout schedule %r%s (e.g. '1,2,4,8' or '1x6')" % (spec, detail)) from None
 
     @property
     def total(self) -> float:
@@ -56,7 +60,7 @@ class Schedule:
     def based_on(self, first: float) -> Schedule:
         """The same shape starting at ``first`` (a client's ``timeout`` option)."""
         scale = first / self.waits[0]
-        return Schedule(tuple(w * scale for w in self.waits))
+        return Schedule(tuple(min(w * scale, MAX_WAIT) for w in self.waits))
 
 
 DEFAULT_SCHEDULE = Schedule.parse(DEFAULT_SPEC)

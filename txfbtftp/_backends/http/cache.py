@@ -19,7 +19,7 @@ from zope.interface import implementer
 from txfbtftp._backends.http.flight import Flight, Landing
 from txfbtftp._backends.http.iorigin import IOrigin
 from txfbtftp._backends.http.store import CacheStore, Entry, entry_name
-from txfbtftp._interfaces import IBackend, ILifecycle, IReader, MaybeDeferred, TransferRequest
+from txfbtftp._interfaces import IBackend, ILifecycle, IReader, MaybeDeferred, TransferRequest, Unwritable
 from txfbtftp._lifecycle import start_all, stop_all
 from txfbtftp._protocol import errors
 from txfbtftp._types import IHTTPReactor
@@ -54,7 +54,7 @@ class CacheBackend:
         try:
             self.store.load()
         except OSError as e:
-            raise ValueError("cannot use the cache directory %s: %s" % (self.store.directory, e.strerror)) from None
+            raise Unwritable("cannot use the cache directory %s: %s" % (self.store.directory, e.strerror)) from None
 
     def stop(self) -> Deferred[None]:
         return self.idle().addCallback(lambda _: stop_all([self.origin]))
