@@ -4,12 +4,16 @@ On the server, ``--backend python:tests/netpeer.py:whoami`` answers
 ``whoami`` with the addresses its ``TransferRequest`` carried.  On the client,
 ``python tests/netpeer.py HOST PORT`` probes the server at one of its
 addresses with a bare socket (standard library only, so it starts fast) and
-prints, as JSON, every reply and the address and port it came from.
+prints, as JSON, every reply and the address and port it came from; and
+``python tests/netpeer.py try HOST PORT SOURCE,read|write,NAME ...`` makes
+each attempt from its own source address, all at once, and prints what each
+got: ``["ok", sha256]``, ``["error", code]`` or ``["silent"]``.
 """
 import hashlib
 import json
 import socket
 import sys
+import threading
 
 
 def whoami():
@@ -84,6 +88,50 @@ class Probe:
         s.close()
 
 
+def attempt(server, source, op, name, out):
+    """One lock-step read, or an upload of 2000 bytes, from ``source``."""
+    s = socket.socket(socket.AF_INET6 if ":" in source else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    s.bind((source, 0))
+    body = (name * 200).encode()[:2000]
+    s.sendto((b"\0\2" if op == "write" else b"\0\1") + name.encode() + b"\0octet\0", server)
+    got, block = [], 0
+    try:
+        while True:
+            data, tid = s.recvfrom(70000)
+            if data[:2] == b"\0\5":
+                out.append(["error", int.from_bytes(data[2:4], "big")])
+                return
+            if op == "read":
+                got.append(data[4:])
+                s.sendto(b"\0\4" + data[2:4], tid)
+                if len(data) - 4 < 512:
+                    out.append(["ok", hashlib.sha256(b"".join(got)).hexdigest()])
+                    return
+            else:
+                if int.from_bytes(data[2:4], "big") * 512 > len(body):
+                    out.append(["ok", hashlib.sha256(body).hexdigest()])
+                    return
+                chunk = body[block * 512:(block + 1) * 512]
+                block += 1
+                s.sendto(b"\0\3" + block.to_bytes(2, "big") + chunk, tid)
+    except TimeoutError:
+        out.append(["silent"] if not got and block == 0 else ["stalled"])
+    finally:
+        s.close()
+
+
+def attempts(host, port, *specs):
+    results = [[] for _ in specs]
+    threads = [threading.Thread(target=attempt, args=((host, int(port)),) + tuple(spec.split(",")) + (out,))
+               for spec, out in zip(specs, results, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    json.dump([r[0] for r in results], sys.stdout)
+
+
 def main(host, port):
     p = Probe(host, int(port))
     who, me = p.download("whoami", [("blksize", "1468"), ("tsize", "0")])
@@ -96,4 +144,7 @@ def main(host, port):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "try":
+        attempts(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

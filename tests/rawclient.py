@@ -72,6 +72,13 @@ def download(client, server, name, options=None, ack_oack=True):
             return b"", oack, tid
         client.send(packet.ack(0), tid)
         data, tid = yield client.recv_from(tid)
+    got = yield rest(client, tid, data, blksize, window)
+    return got, oack, tid
+
+
+@inlineCallbacks
+def rest(client, tid, data, blksize=512, window=1):
+    """The file from its first DATA (``data``) on, ACKing as a client does."""
     out, expect, since_ack = [], 1, 0
     while True:
         op = packet.opcode_of(data)
@@ -89,7 +96,7 @@ def download(client, server, name, options=None, ack_oack=True):
                 client.send(packet.ack(block), tid)
                 since_ack = 0
             if last:
-                return b"".join(out), oack, tid
+                return b"".join(out)
         elif window == 1 and block == (expect - 1) & 0xFFFF:
             client.send(packet.ack(block), tid)  # our ACK was lost: the server repeats, we answer again
         data, _ = yield client.recv_from(tid)

@@ -1,4 +1,5 @@
 """Dynamic content: python: and template: backends, chains, remapping; units and real clients."""
+import dataclasses
 import io
 import os
 import subprocess
@@ -14,13 +15,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfbtftp._protocol import errors
+from txfbtftp._protocol.paths import normalize
 from txfbtftp._backends import from_spec
 from txfbtftp import ChainBackend
 from txfbtftp import FilesystemBackend
 from txfbtftp._backends.template import (NamePattern, TemplateBackend, parse_clients, render,
                                         variables)
-from txfbtftp import IWritableBackend, TransferRequest
-from txfbtftp._backends.remap import RemapBackend, normalise, parse_rules, rewrite, try_rules
+from txfbtftp import IWritableBackend, MemoryBackend, TransferRequest
+from txfbtftp._backends.remap import RemapBackend, parse_rules, rewrite, try_rules
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.build import build_backend
 from txfbtftp.testing import MemoryServer
@@ -246,7 +248,7 @@ def test_chain_needs_a_backend():
 
 def apply(rules_text, path, client="10.0.0.5", write=False):
     try:
-        return rewrite(normalise(path), parse_rules(rules_text), client, write)
+        return rewrite(path, parse_rules(rules_text), client, write)
     except errors.AccessViolation as e:
         return "DENIED " + e.message
 
@@ -277,7 +279,8 @@ def apply(rules_text, path, client="10.0.0.5", write=False):
     (r"rg a aa", "a", "DENIED Access violation"),  # never terminates: refused
     ("rG ^ get/\nrP ^ put/", "f", "get/f"),
     ("r4 ^ v4/\nr6 ^ v6/", "f", "v4/f"),
-    ("# only comments\n\n   # and blanks", "\\Boot\\\\BCD", "/Boot/BCD"),
+    ("# only comments\n\n   # and blanks", "\\Boot\\BCD", "\\Boot\\BCD"),  # the raw name
+    (r"rg \\ /", "\\Boot\\BCD", "/Boot/BCD"),
 ])
 def test_rewrite(rules, path, expect):
     assert apply(rules, path) == expect
@@ -301,22 +304,41 @@ def test_bad_rules_say_where(text, words):
         parse_rules(text)
 
 
+def raw(name, write=False):
+    """The path and request the server gives a backend for ``name``."""
+    clean = normalize(name)
+    return clean, dataclasses.replace(req(write=write), path=clean, raw_path=name)
+
+
 def test_remap_backend_wraps_any_backend(root):
     inner = FilesystemBackend(str(root))
-    b = RemapBackend(inner, parse_rules("ri ^/?HELLO hello\na ^/?small"))
-    assert read_all(b.get_reader("\\HELLO.txt", req())) == b"Hello from txfbtftp\n"
-    assert read_all(b.get_reader("//hello.txt", req())) == b"Hello from txfbtftp\n"
+    b = RemapBackend(inner, parse_rules("rg \\\\ /\nri ^/?HELLO hello\na ^/?small"))
+    assert read_all(b.get_reader(*raw("\\HELLO.txt"))) == b"Hello from txfbtftp\n"
+    assert read_all(b.get_reader(*raw("//hello.txt"))) == b"Hello from txfbtftp\n"
     with pytest.raises(errors.AccessViolation):
-        b.get_reader("small.bin", req())
+        b.get_reader(*raw("small.bin"))
     with pytest.raises(errors.AccessViolation):
-        b.get_writer("/small.bin", req(write=True))
+        b.get_writer(*raw("/small.bin", write=True))
+
+
+def test_remap_rules_see_the_raw_name_and_their_result_is_cleaned():
+    inner = MemoryBackend({"Boot/BCD": b"bcd", "HELLO": b"hi"})
+    b = RemapBackend(inner, parse_rules(r"r ^\\Boot\\ Boot/"))
+    assert read_all(b.get_reader(*raw("\\Boot\\BCD"))) == b"bcd"  # the rule matched the raw name
+    assert read_all(b.get_reader(*raw("//HELLO"))) == b"hi"          # no rule: cleaned all the same
+    with pytest.raises(errors.AccessViolation, match="Parent"):
+        RemapBackend(inner, parse_rules("r ^ ../")).get_reader(*raw("x"))
+    with pytest.raises(errors.FileNotFound):
+        RemapBackend(inner, parse_rules("r .* /")).get_reader(*raw("x"))
+    # a backend in front that chose another path wins over the raw name
+    assert read_all(RemapBackend(inner, []).get_reader("HELLO", raw("other")[1])) == b"hi"
 
 
 def test_try_rules_prints_each_path():
     out = io.StringIO()
     rules = parse_rules("r ^/\na ^secret")
-    assert try_rules(rules, io.StringIO("/a\\b\nsecret\r\n\n"), out) == 0
-    assert out.getvalue() == "a/b\nDENIED\n\n"
+    assert try_rules(rules, io.StringIO("/a\\b\nsecret\r\n../x\n"), out) == 0
+    assert out.getvalue() == "a/b\nDENIED\nDENIED\n"
 
 
 # -- python: ---------------------------------------------------------------------
@@ -450,7 +472,7 @@ def test_bad_rule_file_is_a_usage_error(tmp_path):
 ])
 def test_remap_test_reads_stdin(tmp_path, command):
     rules = tmp_path / "rules"
-    rules.write_text("ri ^/?pxelinux\\.cfg/ pxelinux.cfg/\nr ^/\na \\.\\.\n")
+    rules.write_text("rg \\\\ /\nri ^/?pxelinux\\.cfg/ pxelinux.cfg/\nr ^/\na \\.\\.\n")
     argv = [sys.executable] + [str(rules) if a == "RULES" else a for a in command]
     done = subprocess.run(argv, input="\\PXELINUX.CFG\\default\n/boot//x\n../etc/passwd\n", capture_output=True,
                           text=True, timeout=60, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT))
@@ -521,6 +543,7 @@ def test_chain_with_curl(serve, templates, root, tmp_path):
 def test_remap_over_a_chain_with_tftp_hpa(serve, templates, root, tmp_path):
     rules = tmp_path / "rules"
     rules.write_text(textwrap.dedent(r"""
+        rg \\                    /                # Windows separators
         ri ^/?pxelinux\.cfg/      pxelinux.cfg/
         r  ^(pxelinux\.cfg/)(.*)  \1\L\2        # PXELINUX.CFG/01-88-99-AA-.. -> lower case
         r  ^/                                   # absolute paths are relative to the root

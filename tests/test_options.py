@@ -85,4 +85,14 @@ def test_odd_digits_are_ignored_not_fatal(value):
 def test_windows_stay_within_half_the_block_number_space():
     with pytest.raises(ValueError):
         Limits(max_windowsize=32768)
-    assert negotiate(req(windowsize=65535), Limits(max_windowsize=32767), None).windowsize == 32767
+    wide = Limits(max_windowsize=32767, max_window_bytes=1 << 30)
+    assert negotiate(req(windowsize=65535), wide, None).windowsize == 32767
+
+
+def test_a_window_is_capped_in_bytes():
+    """windowsize x blksize at most max_window_bytes (128 KiB by default): the
+    windowsize is negotiated down, never below 1, and the OACK says so."""
+    n = negotiate(req(windowsize=64, blksize=65464), Limits(), None)
+    assert (n.blksize, n.windowsize, n.accepted) == (65464, 2, {"windowsize": "2", "blksize": "65464"})
+    assert negotiate(req(windowsize=64, blksize=1468), Limits(), None).windowsize == 64  # U-Boot's largest
+    assert negotiate(req(windowsize=8), Limits(max_window_bytes=1000), None).windowsize == 1

@@ -53,13 +53,14 @@ def test_tsize_probe_then_new_request_from_the_same_port(serve, root):
 
 @pytest_twisted.inlineCallbacks
 def test_retransmitted_request_does_not_start_a_second_transfer(serve):
+    """Each repeat gets the first packet again (the client lost it), from the one session."""
     svc = serve(adaptive=False)
     c = listen()
     rrq = packet.request(packet.RRQ, "small.bin", "octet", {"blksize": "1468"})
     for _ in range(3):
         c.send(rrq, addr(svc))
     got = yield c.quiet(0.3)
-    assert len(got) == 1 and packet.opcode_of(got[0][0]) == packet.OACK
+    assert [packet.opcode_of(d) for d, _ in got] == [packet.OACK] * 3 and len({tid for _, tid in got}) == 1
     assert len(svc.sessions) == 1
     yield c.close()
 
@@ -136,10 +137,10 @@ def test_malformed_burst_then_a_normal_download(serve, root):
         for pkt in burst:
             c.send(pkt, addr(svc))
         c.send(b"\x00\x05\x00\x00ignored\x00", addr(svc))
-        for _ in burst:
-            data, _ = yield c.recv(2)
-            assert packet.parse_error(data).code == packet.ERR_ILLEGAL
-    assert (yield c.quiet(0.2)) == []  # the ERROR packets got no answer
+    got = yield c.quiet(0.3)
+    # The first ERRORs go, the rest of the flood is rate-limited (and the ERROR packets get no answer).
+    assert 1 <= len(got) <= 12 and {packet.parse_error(d).code for d, _ in got} == {packet.ERR_ILLEGAL}
+    assert svc.stats.get_counter("errors_suppressed") == 20 * len(burst) - len(got)
     c2 = listen()
     data, _, _ = yield download(c2, addr(svc), "hello.txt")
     assert data == (root / "hello.txt").read_bytes()
@@ -283,12 +284,12 @@ def test_oack_acked_ten_seconds_late(serve, root):
     for _ in range(10):
         clock.advance(1)  # ten seconds of silence from the client
     resent = yield c.quiet(0.2)
-    assert [d for d, _ in resent] == [oack] * 3  # at 1, 3 and 7 s
+    assert resent == []  # not a reflector: only the client's own repeat gets the OACK again
     c.send(packet.ack(0), tid)
     data, _ = yield c.recv()
-    assert data[:4] == packet.data(1, b"") and len(data) == 4 + 1468
+    assert data[:4] == packet.data(1, b"") and len(data) == 4 + 1468  # still within its patience
     session = list(svc.sessions.values())[0]
-    assert session.machine.retransmits == 3
+    assert session.machine.retransmits == 0
     yield c.close()
     stopped = svc.stopService()
     clock.advance(0)  # ports close on the next (fake) tick

@@ -90,6 +90,6 @@ def test_plugin_and_public_api_after_pip_install(tmp_path):
 def test_every_option_is_documented_in_the_operator_guide():
     guide = open(os.path.join(ROOT, "docs", "operating.rst")).read()
     names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
-    names += ["backend", "interface", "metrics-path-class", "version"]
+    names += ["backend", "interface", "metrics-path-class", "version", "allow", "deny", "allow-write"]
     missing = [n for n in names if "``--%s" % n not in guide]
     assert missing == []

@@ -36,6 +36,7 @@ from txfbtftp._protocol.errors import (AccessViolation, DiskFull, FileExists, Fi
                                        ServerBusy, TFTPError, TFTPTimeout, Unsupported)
 from txfbtftp._protocol.options import Limits
 from txfbtftp._protocol.schedule import Schedule
+from txfbtftp._server.access import AccessRules
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.dispatcher import TFTPProtocol
 from txfbtftp._server.service import TFTPService
@@ -45,7 +46,7 @@ from txfbtftp.client import TFTPURL, ClientResult, get, put
 __all__ = [
     "__version__",
     # Serving
-    "TFTPService", "TFTPProtocol", "ServerConfig", "Limits", "Schedule",
+    "TFTPService", "TFTPProtocol", "ServerConfig", "Limits", "Schedule", "AccessRules",
     # The backend seam
     "IBackend", "IWritableBackend", "IReader", "IWriter", "ILifecycle", "TransferRequest", "Address",
     # Errors a backend raises (and the client's transfers fail with)

@@ -30,6 +30,9 @@ MaybeDeferred = Union[_T, "Deferred[_T]"]
 class TransferRequest:
     """Everything a backend may base its answer on, passed explicitly.
 
+    ``path`` is clean (:mod:`txfbtftp._protocol.paths`): ``/`` separators, no
+    leading ``/``, no empty, ``.`` or ``..`` component, no NUL or control
+    character, at most 512 bytes; ``raw_path`` is what the client sent.
     ``local`` is the address the request was sent to, which on a multi-homed
     host tells which network the client is on.  ``options`` are the
     client's, lower-cased.
@@ -41,6 +44,8 @@ class TransferRequest:
     mode: str
     options: dict[str, str] = field(default_factory=dict)
     write: bool = False
+    #: The name as the client sent it (``path`` is its clean form).
+    raw_path: str = ""
 
 
 class IReader(Interface):

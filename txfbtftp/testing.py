@@ -19,6 +19,11 @@ Backends that answer with Deferreds are fine as long as those fire on the
 clock or at once; the harness advances the clock to the next timer whenever
 nothing else is in flight, so a stalled backend meets the watchdog as it
 would in production.  ``lose`` drops chosen packets, to see retransmissions.
+:meth:`MemoryServer.send` and :meth:`MemoryServer.advance` drive it with raw
+datagrams instead, for input no well-behaved client sends::
+
+    replies = server.send(b"\\x00\\x09junk", client=("203.0.113.9", 1234))
+    assert replies[0][:4] == b"\\x00\\x05\\x00\\x04"  # ERROR 4
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from txfbtftp._observe.stats import ServerStats
 from txfbtftp._protocol.client import ClientTransfer
 from txfbtftp._protocol.machine import Outcome
 from txfbtftp._protocol.schedule import Schedule
+from txfbtftp._server.access import AccessRules
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.dispatcher import TFTPProtocol
 from txfbtftp._types import IServerReactor
@@ -94,11 +100,11 @@ class MemoryServer:
     """
 
     def __init__(self, backend: IBackend, config: ServerConfig | None = None, clock: Clock | None = None,
-                 address: Address = ("192.0.2.1", 69)) -> None:
+                 address: Address = ("192.0.2.1", 69), access: AccessRules | None = None) -> None:
         self.clock = clock or Clock()
         self.address = address
         self.config = dataclasses.replace(config or ServerConfig(), single_port=True)
-        self.protocol = TFTPProtocol(backend, _clock_reactor(self.clock), self.config)
+        self.protocol = TFTPProtocol(backend, _clock_reactor(self.clock), self.config, access=access)
         self._wire = _Wire(*address)
         self.protocol.transport = self._wire  # type: ignore[assignment]
         self.records: list[SessionRecord] = []
@@ -122,6 +128,25 @@ class MemoryServer:
         """Upload ``data`` as ``path``."""
         transfer = ClientTransfer(path, True, mode, options, schedule)
         return self._run(transfer, client, data, lose)
+
+    def send(self, datagram: bytes, client: Address = ("192.0.2.10", 40000)) -> list[bytes]:
+        """Deliver one raw ``datagram`` from ``client``: what the server sent it in reply."""
+        self.protocol.packetReceived(datagram, client, (self.address[0], 0))
+        replies = [data for data, to in self._wire.sent if to == client]
+        self._wire.sent = [(data, to) for data, to in self._wire.sent if to != client]
+        return replies
+
+    def advance(self, seconds: float) -> list[tuple[bytes, Address]]:
+        """Let ``seconds`` pass, timer by timer: every datagram sent meanwhile, and to whom."""
+        end = self.clock.seconds() + seconds
+        while True:
+            due = [c.getTime() for c in self.clock.getDelayedCalls() if c.getTime() <= end]
+            step = min(due, default=end) - self.clock.seconds()
+            self.clock.advance(max(0.0, step))
+            if not due:
+                break
+        sent, self._wire.sent = self._wire.sent, []
+        return sent
 
     def _run(self, transfer: ClientTransfer, client: Address, upload: bytes, lose: Lose | None) -> Transfer:
         clock, proto, wire = self.clock, self.protocol, self._wire

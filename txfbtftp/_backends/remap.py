@@ -4,8 +4,10 @@ Firmware asks for names the way it was built to (``\\Boot\\BCD``,
 ``/pxelinux.0``, ``PXELINUX.CFG/...``); rules rewrite them to what the
 backend holds, so existing tftpd-hpa ``--map-file``s work unchanged.
 
-Before the rules, every path is normalised: ``\\`` becomes ``/`` and runs of
-``/`` become one.  Then each rule line is ``FLAGS REGEX [REPLACEMENT]``,
+The rules see the name as the client sent it, as in tftpd-hpa (``rg \\\\ /``
+first folds Windows separators), and their result is cleaned like any
+request's (``/`` separators, no leading ``/``, no ``..``; see
+:attr:`TransferRequest.path`).  Each rule line is ``FLAGS REGEX [REPLACEMENT]``,
 tried top to bottom; all rules run, not just the first that matches.
 ``#`` starts a comment; ``\\`` escapes whitespace or ``#``.  Flags:
 
@@ -49,6 +51,7 @@ from txfbtftp._interfaces import (IBackend, ILifecycle, IReader, IReloadable, IW
 from txfbtftp._lifecycle import reload_all, start_all, stop_all
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
+from txfbtftp._protocol.paths import normalize
 
 MAX_STEPS = 4096
 
@@ -58,7 +61,6 @@ _POSIX_CLASSES = {
     "[:lower:]": "a-z", "[:upper:]": "A-Z", "[:space:]": r" \t\n\r\f\v", "[:blank:]": r" \t",
     "[:punct:]": r"!-/:-@\[-`{-~"
 }
-_SLASHES = re.compile(r"/{2,}")
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,6 @@ def load_rules(filename: str) -> list[Rule]:
     return parse_rules(text, filename)
 
 
-def normalise(path: str) -> str:
-    """Windows separators and doubled slashes folded: ``\\\\boot\\\\bcd`` -> ``/boot/bcd``."""
-    return _SLASHES.sub("/", path.replace("\\", "/"))
-
-
 def _expand(replacement: str, match: re.Match[str] | None, client: str) -> str:
     xform: Callable[[str], str] = str
     out: list[str] = []
@@ -187,10 +184,7 @@ def _family(host: str) -> int | None:
 
 
 def rewrite(path: str, rules: Sequence[Rule], client: str = "", write: bool = False) -> str:
-    """``path`` after ``rules`` for a request from ``client``; AccessViolation if refused.
-
-    Normalisation is not applied here; see :func:`normalise`.
-    """
+    """``path`` after ``rules`` for a request from ``client``; AccessViolation if refused."""
     family = _family(client)
     current = path
     steps = 0
@@ -227,7 +221,7 @@ def rewrite(path: str, rules: Sequence[Rule], client: str = "", write: bool = Fa
 
 @implementer(IWritableBackend, ILifecycle, IReloadable)
 class RemapBackend:
-    """``inner`` with every path normalised and passed through ``rules`` first.
+    """``inner`` with every requested name passed through ``rules`` first.
 
     With ``source`` (the rule file), :meth:`reload` reads the rules again.
     """
@@ -251,7 +245,10 @@ class RemapBackend:
         return stop_all([self.inner])
 
     def map(self, path: str, request: TransferRequest) -> str:
-        new = rewrite(normalise(path), self.rules, request.client[0], request.write)
+        """The clean name the rules make of the client's own (or of ``path``,
+        when a backend in front of this one chose another)."""
+        raw = request.raw_path if request.raw_path and path == request.path else path
+        new = normalize(rewrite(raw, self.rules, request.client[0], request.write))
         if new != path:
             log.debug("remapped {path!r} to {new!r}", path=path, new=new)
         return new
@@ -272,8 +269,8 @@ def try_rules(rules: Sequence[Rule], lines: IO[str], out: IO[str], client: str =
     for line in lines:
         path = line.rstrip("\r\n")
         try:
-            result = rewrite(normalise(path), rules, client, write)
-        except errors.AccessViolation:
+            result = normalize(rewrite(path, rules, client, write))
+        except errors.TFTPError:
             result = "DENIED"
         out.write(result + "\n")
         out.flush()

@@ -36,4 +36,5 @@ def build_tftp(options: Options, reactor: IServerReactor, metrics: Metrics | Non
     return TFTPService(build_backend(options, cast(IHTTPReactor, reactor)), reactor, options["port"],
                        options["interfaces"], options["config"],
                        server_stats_callback=log_server_stats if interval and log_stats else None,
-                       stats_interval=interval, metrics=metrics, listeners=listeners)
+                       stats_interval=interval, metrics=metrics, listeners=listeners,
+                       access=options.access_rules())

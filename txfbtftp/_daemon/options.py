@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +20,13 @@ from twisted.python import usage
 from txfbtftp._backends import check_spec
 from txfbtftp._backends.remap import Rule, load_rules, try_rules
 from txfbtftp._daemon.jail import Jail
+from txfbtftp._daemon.systemd import passed_sockets
 from txfbtftp._daemon.startup import EX_NOINPUT, EX_USAGE, exit_with
 from txfbtftp._interfaces import Unavailable
 from txfbtftp._observe.metrics import PathClasses
 from txfbtftp._protocol.options import MAX_BLKSIZE, Limits
 from txfbtftp._protocol.schedule import DEFAULT_SPEC, Schedule
+from txfbtftp._server import access
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._version import __version__
 
@@ -80,6 +81,8 @@ class Options(usage.Options):
         ["rto-min", None, 0.05, "Floor of the adaptive retransmission timeout, seconds.", float],
         ["max-blksize", None, MAX_BLKSIZE, "Largest block size granted (1468 fits a 1500-byte MTU).", int],
         ["max-windowsize", None, 64, "Largest RFC 7440 window granted.", int],
+        ["window-bytes", None, "128K", "Largest window in bytes (windowsize x blksize); windows are "
+         "negotiated down to it (K, M suffixes)."],
         ["max-upload-size", None, None, "Largest upload accepted, bytes (K, M, G suffixes)."],
         ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls)."],
         ["max-sessions", None, 0, "Active transfers at most; more wait in a FIFO queue (0: no limit).", int],
@@ -87,6 +90,11 @@ class Options(usage.Options):
         ["max-sessions-per-client", None, 0, "Active transfers per client address (0: no limit).", int],
         ["queue-wait", None, 30.0, "Seconds a queued client keeps its place without repeating its request.",
          float],
+        ["max-unverified", None, 16, "Sessions at once per client address that has not answered yet "
+         "(0: no limit); beyond, requests are dropped.", int],
+        ["unverified-rate", None, "512K", "Bytes a second sent to one address that has not answered yet "
+         "(K, M suffixes; 0: no limit)."],
+        ["access", None, None, "Access rules file (allow/deny/allow-write CIDR lines), re-read on SIGHUP."],
         ["busy-poll", None, 200, "Microseconds to keep polling session sockets after traffic (0: off).", int],
         ["workers", None, 1, "Processes serving the port(s) together (SO_REUSEPORT).", int],
         ["shutdown-grace", None, 30.0,
@@ -110,6 +118,7 @@ class Options(usage.Options):
         self["backends"] = []
         self["path_class_rules"] = []
         self["rules"] = None
+        self["allow"], self["deny"], self["allow-write"] = [], [], []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         self["argv"] = list(sys.argv[1:] if options is None else options)  # for --workers
@@ -131,6 +140,18 @@ class Options(usage.Options):
         self["interfaces"].append(value.strip("[]"))
 
     opt_i = opt_interface
+
+    def opt_allow(self, value: str) -> None:
+        """CIDR: serve clients in this network; repeatable (see --deny for precedence)."""
+        self["allow"].append(value)
+
+    def opt_deny(self, value: str) -> None:
+        """CIDR: ignore requests from this network; the longest matching prefix wins, deny on a tie."""
+        self["deny"].append(value)
+
+    def opt_allow_write(self, value: str) -> None:
+        """CIDR: accept uploads only from these networks (with --writable); repeatable."""
+        self["allow-write"].append(value)
 
     def opt_metrics_path_class(self, value: str) -> None:
         """REGEX=NAME: label matching paths NAME in metrics; repeatable, first match wins."""
@@ -160,63 +181,39 @@ class Options(usage.Options):
         #: The backend specs with their directories where they are once serving.
         self["served"] = [_at(spec, jail.inside) for spec in self["backends"]]
         self["interfaces"] = [_interface(i) for i in self["interfaces"]] or ["::"]
-        self["config"] = self._config()
+        self["config"] = _server_config(self)
+        self._access(jail)
         if self["systemd"]:
-            self["listen-fds"] = self._systemd_fds()
+            if self["workers"] > 1:
+                raise usage.UsageError("--systemd serves one socket: run one process per .socket (no --workers)")
+            count = passed_sockets(os.environ)
+            if count is None:
+                raise usage.UsageError("--systemd: no socket was passed (LISTEN_PID/LISTEN_FDS are not set for us)")
+            self["listen-fds"] = list(range(3, 3 + count))
         self._fetching()
         self._observability()
 
-    def _systemd_fds(self) -> list[int]:
-        """The sockets systemd passed (sd_listen_fds): descriptors 3 onwards.
-        (twistd's own systemd support has read and cleared the variables by
-        now: it keeps what it read in ``_listenFDs``.)"""
-        if self["workers"] > 1:
-            raise usage.UsageError("--systemd serves one socket: run one process per .socket (no --workers)")
-        count = _listen_fds(os.environ)
-        if count is None:
-            raise usage.UsageError("--systemd: no socket was passed (LISTEN_PID/LISTEN_FDS are not set for us)")
-        return list(range(3, 3 + count))
-
-    def _config(self) -> ServerConfig:
-        if not 0 <= self["port"] <= 65535:
-            raise usage.UsageError("--port must be within 0..65535")
+    def _access(self, jail: Jail) -> None:
+        """Check the access rules; the file is read again where serving will read it."""
         try:
-            schedule = Schedule.parse(self["timeouts"])
+            for kind in ("allow", "deny", "allow-write"):
+                for text in self[kind]:
+                    access.network(text)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        try:
-            upload = parse_size(self["max-upload-size"]) if self["max-upload-size"] else None
-        except ValueError:
-            raise usage.UsageError("--max-upload-size takes a size such as 1048576, 512K or 64M") from None
-        try:
-            limits = Limits(self["max-blksize"], self["max-windowsize"], upload)
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from None
-        prange: tuple[int, int] | None = None
-        if self["port-range"]:
+            raise usage.UsageError("--%s: %s" % (kind, e)) from None
+        self["access-inside"] = None
+        if self["access"]:
             try:
-                prange = _range(self["port-range"])
-                if not 0 < prange[0] <= prange[1] <= 65535:
-                    raise ValueError
-            except ValueError:
-                raise usage.UsageError("--port-range takes LOW:HIGH, e.g. 50000:50999") from None
-        if self["rto-min"] <= 0:
-            raise usage.UsageError("--rto-min must be positive")
-        for name in ("max-sessions", "max-queue", "max-sessions-per-client", "busy-poll"):
-            if self[name] < 0:
-                raise usage.UsageError("--%s must not be negative" % name)
-        if self["queue-wait"] <= 0:
-            raise usage.UsageError("--queue-wait must be positive")
-        if not 1 <= self["workers"] <= 256:
-            raise usage.UsageError("--workers must be within 1..256")
-        if not 0 <= self["shutdown-grace"] <= 3600:
-            raise usage.UsageError("--shutdown-grace must be within 0..3600 seconds")
-        return ServerConfig(
-            limits=limits, schedule=schedule, adaptive=not self["no-adaptive"],
-            rto_min=self["rto-min"], port_range=prange, single_port=self["single-port"],
-            busy_poll=self["busy-poll"] / 1e6, max_sessions=self["max-sessions"], max_queue=self["max-queue"],
-            max_sessions_per_client=self["max-sessions-per-client"], max_queue_wait=self["queue-wait"],
-            reuse_port=self["workers"] > 1, shutdown_grace=self["shutdown-grace"])
+                access.read(jail.host(self["access"]))
+            except Unavailable as e:
+                raise OptionError(str(e), EX_NOINPUT) from None
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            self["access-inside"] = jail.inside(self["access"])
+
+    def access_rules(self) -> access.AccessRules:
+        """The rules the options give, with their file where serving reads it."""
+        return access.AccessRules(self["allow"], self["deny"], self["allow-write"], self["access-inside"])
 
     def _fetching(self) -> None:
         """Check the settings of backends that fetch from elsewhere (http:, its cache)."""
@@ -270,6 +267,57 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+def _server_config(o: Options) -> ServerConfig:
+    """The server settings the options give, checked."""
+    if not 0 <= o["port"] <= 65535:
+        raise usage.UsageError("--port must be within 0..65535")
+    try:
+        schedule = Schedule.parse(o["timeouts"])
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    try:
+        upload = parse_size(o["max-upload-size"]) if o["max-upload-size"] else None
+    except ValueError:
+        raise usage.UsageError("--max-upload-size takes a size such as 1048576, 512K or 64M") from None
+    try:
+        window = parse_size(o["window-bytes"])
+        rate = parse_size(o["unverified-rate"])
+    except ValueError:
+        raise usage.UsageError("--window-bytes and --unverified-rate take sizes such as 128K") from None
+    if rate < 0:
+        raise usage.UsageError("--unverified-rate must not be negative")
+    try:
+        limits = Limits(o["max-blksize"], o["max-windowsize"], upload, window)
+    except ValueError as e:
+        raise usage.UsageError("%s (--max-blksize, --max-windowsize, --window-bytes)" % e) from None
+    prange: tuple[int, int] | None = None
+    if o["port-range"]:
+        try:
+            prange = _range(o["port-range"])
+            if not 0 < prange[0] <= prange[1] <= 65535:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--port-range takes LOW:HIGH, e.g. 50000:50999") from None
+    if o["rto-min"] <= 0:
+        raise usage.UsageError("--rto-min must be positive")
+    for name in ("max-sessions", "max-queue", "max-sessions-per-client", "busy-poll", "max-unverified"):
+        if o[name] < 0:
+            raise usage.UsageError("--%s must not be negative" % name)
+    if o["queue-wait"] <= 0:
+        raise usage.UsageError("--queue-wait must be positive")
+    if not 1 <= o["workers"] <= 256:
+        raise usage.UsageError("--workers must be within 1..256")
+    if not 0 <= o["shutdown-grace"] <= 3600:
+        raise usage.UsageError("--shutdown-grace must be within 0..3600 seconds")
+    return ServerConfig(
+        limits=limits, schedule=schedule, adaptive=not o["no-adaptive"],
+        rto_min=o["rto-min"], port_range=prange, single_port=o["single-port"],
+        busy_poll=o["busy-poll"] / 1e6, max_sessions=o["max-sessions"], max_queue=o["max-queue"],
+        max_sessions_per_client=o["max-sessions-per-client"], max_queue_wait=o["queue-wait"],
+        reuse_port=o["workers"] > 1, shutdown_grace=o["shutdown-grace"],
+        max_unverified_per_source=o["max-unverified"], unverified_bytes_per_second=rate)
+
+
 def _at(spec: str, where: Callable[[str], str]) -> str:
     """``spec`` with its directory (for :data:`PATH_SCHEMES`) mapped by ``where``."""
     scheme, sep, arg = spec.partition(":")
@@ -285,35 +333,6 @@ def _interface(text: str) -> str:
     except ValueError:
         raise usage.UsageError("--interface takes an IP address (IPv4 or IPv6), not %r" % text) from None
     return text
-
-
-def _listen_fds(environ: Any) -> int | None:
-    """How many sockets systemd passed this process (from descriptor 3), if it did.
-
-    Twisted reads ``LISTEN_FDS`` when ``twisted.internet.endpoints`` is
-    imported, and clears it (keeping the descriptors only when
-    ``LISTEN_FDNAMES`` matches, as systemd sets it and
-    ``systemd-socket-activate`` does not); so ask Twisted, and failing that
-    count the datagram sockets from descriptor 3 on.
-    """
-    if environ.get("LISTEN_PID") == str(os.getpid()) and environ.get("LISTEN_FDS", "").isdigit():
-        return int(environ["LISTEN_FDS"])
-    from twisted.internet import endpoints
-    kept = endpoints._SystemdParser._sddaemon.inheritedDescriptors()
-    if kept:
-        return len(kept)
-    count = 0
-    while True:
-        try:
-            probe = socket.socket(fileno=3 + count)
-        except OSError:
-            break
-        kind = probe.type
-        probe.detach()
-        if kind != socket.SOCK_DGRAM:
-            break
-        count += 1
-    return count or None
 
 
 class TwistdOptions(Options):

@@ -134,7 +134,11 @@ class _ServerCollector:
 
     _TOTALS = (("sessions_started", "Requests accepted (sessions created)."),
                ("malformed_packets", "Undecodable requests and stray packets on the listening port."),
-               ("requests_refused_busy", "Requests refused for want of a session socket."))
+               ("requests_refused_busy", "Requests refused for want of a session socket."),
+               ("requests_denied", "Requests ignored by the access rules."),
+               ("requests_over_budget", "Requests dropped: their address has too many sessions that never answered."),
+               ("packets_withheld", "Packets not sent: over the byte budget of an address that never answered."),
+               ("errors_suppressed", "ERROR replies on the listening port not sent (rate limit per address)."))
 
     def __init__(self, servers: list[ServerStats]) -> None:
         self._servers = servers

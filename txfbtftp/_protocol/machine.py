@@ -21,6 +21,12 @@ Rules (change them only knowingly):
    :func:`block_offset` maps a number back near a known index.
 7. An ERROR of ours supersedes what the same step queued: :meth:`fail`
    empties ``out`` before it appends the ERROR.
+8. Not a reflector.  With ``quiet_until_verified`` (a server's choice), a
+   peer that has not yet proved it is there (a sender's DATA acknowledged, a
+   receiver's first DATA received) gets one answer per packet it sent: the
+   timer never resends to it, its own repeat (:meth:`repeat`, or a repeated
+   ACK 0) does.  Anyone can send a request with a forged source address;
+   only the real client completes the exchange.
 
 Theory of operation.  A :class:`~txfbtftp._protocol.read.ReadMachine` sends a
 file, a :class:`~txfbtftp._protocol.write.WriteMachine` receives one; each
@@ -82,8 +88,9 @@ class Machine:
     """State, outcome, counters and the watchdog of one transfer."""
 
     def __init__(self, watchdog: Watchdog, blksize: int, windowsize: int, rollover: int,
-                 oack: bytes | None) -> None:
+                 oack: bytes | None, quiet_until_verified: bool = False) -> None:
         self.watchdog = watchdog
+        self.quiet_until_verified = quiet_until_verified
         self.blksize = blksize
         self.windowsize = windowsize
         self.rollover = rollover
@@ -114,6 +121,15 @@ class Machine:
 
     def receive(self, data: bytes, now: float, out: Outbox) -> bytes | None:
         """A datagram from the peer; an upload's receiver returns the payload to store."""
+        raise NotImplementedError
+
+    @property
+    def verified(self) -> bool:
+        """The peer has proved it is there (see rule 8)."""
+        raise NotImplementedError
+
+    def repeat(self, now: float, out: Outbox) -> None:
+        """The peer repeated its request before proving it is there: answer it again."""
         raise NotImplementedError
 
     def timeout(self, now: float, out: Outbox) -> None:

@@ -13,6 +13,10 @@ from txfbtftp._protocol.packet import Request
 
 MIN_BLKSIZE, MAX_BLKSIZE = 8, 65464
 DEFAULT_BLKSIZE = 512
+#: The default cap on a window's bytes: every firmware's window fits (EDK2
+#: asks 4 x 1468, U-Boot up to 64 x 1468), and a burst to an unverified peer
+#: stays small.
+DEFAULT_WINDOW_BYTES = 128 * 1024
 #: RFC 7440 allows 65535, but past half the block-number space an old ACK
 #: cannot be told from a new one.
 MAX_WINDOWSIZE = 32767
@@ -25,6 +29,9 @@ class Limits:
     max_blksize: int = MAX_BLKSIZE
     max_windowsize: int = 64
     max_upload_size: int | None = None
+    #: A window's payload at most (windowsize x blksize): the windowsize is
+    #: negotiated down to fit, never below 1.
+    max_window_bytes: int = DEFAULT_WINDOW_BYTES
 
     def __post_init__(self) -> None:
         if not MIN_BLKSIZE <= self.max_blksize <= MAX_BLKSIZE:
@@ -33,6 +40,8 @@ class Limits:
             raise ValueError("max windowsize must be within 1..%d" % MAX_WINDOWSIZE)
         if self.max_upload_size is not None and self.max_upload_size < 0:
             raise ValueError("max upload size must not be negative")
+        if self.max_window_bytes < MIN_BLKSIZE:
+            raise ValueError("max window bytes must be at least %d" % MIN_BLKSIZE)
 
 
 @dataclass
@@ -63,6 +72,7 @@ def negotiate(req: Request, limits: Limits, size: int | None = None) -> Negotiat
     """
     out = Negotiated()
     acc = out.accepted
+    windowsize = None
     for key, value in req.options.items():
         name = req.option_names.get(key, key)
         n = _int(value)
@@ -72,8 +82,8 @@ def negotiate(req: Request, limits: Limits, size: int | None = None) -> Negotiat
                 acc[name] = str(out.blksize)
         elif key == "windowsize":
             if n is not None and n >= 1:
-                out.windowsize = min(n, limits.max_windowsize)
-                acc[name] = str(out.windowsize)
+                windowsize = (name, n)
+                acc[name] = ""  # in the client's order; the value once blksize is known
         elif key == "timeout":
             if n is not None and 1 <= n <= 255:
                 out.timeout = float(n)
@@ -98,4 +108,9 @@ def negotiate(req: Request, limits: Limits, size: int | None = None) -> Negotiat
             if n in (0, 1):
                 out.rollover = n
                 acc[name] = str(n)
+    if windowsize is not None:
+        name, n = windowsize
+        fit = max(1, limits.max_window_bytes // out.blksize)
+        out.windowsize = min(n, limits.max_windowsize, fit)
+        acc[name] = str(out.windowsize)
     return out

@@ -20,8 +20,8 @@ class ReadMachine(Machine):
     """Sends DATA, expects ACKs."""
 
     def __init__(self, watchdog: Watchdog, blksize: int = 512, windowsize: int = 1, rollover: int = 0,
-                 oack: bytes | None = None) -> None:
-        super().__init__(watchdog, blksize, windowsize, rollover, oack)
+                 oack: bytes | None = None, quiet_until_verified: bool = False) -> None:
+        super().__init__(watchdog, blksize, windowsize, rollover, oack, quiet_until_verified)
         self._acked = 0            # highest block index acknowledged
         self._sent = 0             # highest block index sent
         self._window: list[bytes] = []   # packets _acked+1 .. _sent
@@ -37,6 +37,19 @@ class ReadMachine(Machine):
         else:
             self.state = State.TRANSFER
             self.watchdog.progress(now)
+
+    @property
+    def verified(self) -> bool:
+        return self._acked > 0
+
+    def repeat(self, now: float, out: Outbox) -> None:
+        if self._acked:
+            return
+        if self.state is State.STARTING and self.oack is not None:
+            self.retransmits += 1
+            self._emit(self.oack, out)
+        elif self.state is State.TRANSFER and self._window:
+            self._resend(now, out)
 
     @property
     def wants(self) -> int:
@@ -98,7 +111,9 @@ class ReadMachine(Machine):
             return
         if off == 0:
             self.duplicates += 1
-            if self.windowsize > 1 and self._restart_armed and self._window:
+            if acked == 0 and self.quiet_until_verified and self._window:
+                self._resend(now, out)  # the peer's own repeat: its answer (rule 8)
+            elif self.windowsize > 1 and self._restart_armed and self._window:
                 self._restart_armed = False
                 self._resend(now, out)
                 self.deadline = now + self.watchdog.progress(now)
@@ -135,6 +150,8 @@ class ReadMachine(Machine):
             self._give_up()
             return
         self.deadline = now + wait
+        if self.quiet_until_verified and not self._acked:
+            return  # patience, but no resend: the peer's repeat gets one (rule 8)
         if self.state is State.STARTING and self.oack is not None:
             self.retransmits += 1
             self._emit(self.oack, out)

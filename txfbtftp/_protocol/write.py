@@ -22,8 +22,9 @@ class WriteMachine(Machine):
     """Expects DATA, sends ACKs."""
 
     def __init__(self, watchdog: Watchdog, blksize: int = 512, windowsize: int = 1, rollover: int = 0,
-                 oack: bytes | None = None, max_size: int | None = None, dally: float = 5.0) -> None:
-        super().__init__(watchdog, blksize, windowsize, rollover, oack)
+                 oack: bytes | None = None, max_size: int | None = None, dally: float = 5.0,
+                 quiet_until_verified: bool = False) -> None:
+        super().__init__(watchdog, blksize, windowsize, rollover, oack, quiet_until_verified)
         self.max_size = max_size
         self.dally = dally
         self.complete = False
@@ -36,6 +37,15 @@ class WriteMachine(Machine):
         self._last_ack = self.oack if self.oack is not None else ACK_PACKETS[0]
         self._emit(self._last_ack, out)
         self.deadline = now + self.watchdog.progress(now)
+
+    @property
+    def verified(self) -> bool:
+        return self._expected > 1
+
+    def repeat(self, now: float, out: Outbox) -> None:
+        if self.state is State.STARTING and self._expected == 1:
+            self.retransmits += 1
+            self._emit(self._last_ack, out)
 
     def _send_ack(self, index: int, out: Outbox) -> None:
         self._last_ack = ACK_PACKETS[wire(index, self.rollover)]
@@ -116,6 +126,8 @@ class WriteMachine(Machine):
             self._give_up()
             return
         self.deadline = now + wait
+        if self.quiet_until_verified and self._expected == 1:
+            return  # patience, but no resend: the peer's repeat gets one (rule 8)
         self.retransmits += 1
         self._reack(out)
 

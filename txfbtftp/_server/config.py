@@ -43,3 +43,8 @@ class ServerConfig:
     #: When stopping, how long transfers in flight may run to their end
     #: before they are ended with an ERROR.
     shutdown_grace: float = 30.0
+    #: Per source address, what peers that have not proved they are there
+    #: (txfbtftp._server.buckets) may cost: sessions at once, and bytes a
+    #: second sent to them (0: no limit).
+    max_unverified_per_source: int = 16
+    unverified_bytes_per_second: int = 512 * 1024

@@ -28,7 +28,9 @@ from txfbtftp._net.ports import PortRange
 from txfbtftp._observe.logs import LogLimiter, fmt, log
 from txfbtftp._observe.stats import ServerStats
 from txfbtftp._protocol import packet
+from txfbtftp._server.access import AccessRules
 from txfbtftp._server.admission import Admission, Verdict
+from txfbtftp._server.buckets import Buckets, UnverifiedBudget
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.read import ReadSession
 from txfbtftp._server.recent import RecentlyEnded
@@ -38,6 +40,8 @@ from txfbtftp._server.write import WriteSession
 from txfbtftp._types import IServerReactor
 
 BUSY = "Server busy, try again later"
+#: ERRORs the listening port sends one address: a second, and at once.
+ERRORS_PER_SECOND, ERRORS_BURST = 2.0, 10.0
 AnySession = ReadSession | WriteSession
 
 
@@ -54,7 +58,8 @@ class TFTPProtocol(DatagramProtocol):
 
     def __init__(self, backend: IBackend, reactor: IServerReactor, config: ServerConfig = ServerConfig(),
                  sockets: SessionSockets | None = None, stats: ServerStats | None = None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, access: AccessRules | None = None,
+                 budget: UnverifiedBudget | None = None) -> None:
         self.backend = backend
         self.clock: IReactorTime = reactor
         self.config = config
@@ -67,9 +72,15 @@ class TFTPProtocol(DatagramProtocol):
         self.wheel = Wheel(reactor)
         self.admission = admission if admission is not None else Admission(
             config.max_sessions, config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
+        #: Who may ask (an empty set of rules lets everyone).
+        self.access = access if access is not None else AccessRules()
+        self.budget = budget if budget is not None else UnverifiedBudget(
+            reactor.seconds, config.max_unverified_per_source, config.unverified_bytes_per_second,
+            config.unverified_bytes_per_second)
         #: The server is stopping: requests are dropped (see txfbtftp._server.drain).
         self.draining = False
         self._log_limiter = LogLimiter(reactor.seconds)
+        self._errors = Buckets(reactor.seconds, ERRORS_PER_SECOND, ERRORS_BURST)
         self._ended = RecentlyEnded(reactor.seconds, config.schedule.total)
 
     # Twisted calls this under listenUDP; ListeningPort calls packetReceived.
@@ -97,9 +108,13 @@ class TFTPProtocol(DatagramProtocol):
         if op == packet.ERROR:
             return
         self._note_bad(key, "unexpected packet (opcode %s) on the listening port" % op)
-        self.reply_error(addr, local, packet.ERR_ILLEGAL, packet.MESSAGES[packet.ERR_ILLEGAL])
+        if self.access.permits(key[0]):
+            self.reply_error(addr, local, packet.ERR_ILLEGAL, packet.MESSAGES[packet.ERR_ILLEGAL])
 
     def _request(self, data: bytes, addr: tuple[Any, ...], key: Address, local: Local, arrived: float) -> None:
+        if not self.access.permits(key[0], packet.opcode_of(data) == packet.WRQ):
+            self._quietly(key, "requests_denied", "request denied by the access rules")
+            return
         try:
             req = packet.parse_request(data)
         except packet.MalformedPacket as e:
@@ -109,10 +124,16 @@ class TFTPProtocol(DatagramProtocol):
         existing = self.sessions.get(key)
         if existing is not None:
             if existing.request.raw == data and arrived <= existing.last_heard_at:
-                return  # a copy sent before the client's latest word: the session goes on
+                # The client's repeat (it lost our first packet: the session
+                # answers again) or a copy sent before its latest word.
+                existing.repeat()
+                return
             existing.abandon("client sent a new request")
         elif self._ended.stale(key, data, arrived):
             return  # a copy that waited in the queue while its session ran to its end
+        if not self.budget.admit(key[0]):
+            self._quietly(key, "requests_over_budget", "too many requests that were never answered")
+            return
         verdict = self.admission.offer(key, lambda: self._start(req, addr, key, local), self.clock.seconds())
         if verdict is Verdict.BUSY:
             self.stats.increment_counter("requests_refused_busy")
@@ -132,8 +153,16 @@ class TFTPProtocol(DatagramProtocol):
             return ("", 0)
         return (getattr(transport, "interface", ""), transport.getHost().port)
 
+    def _quietly(self, key: Address, counter: str, what: str) -> None:
+        """Refuse without a word (a reply helps scanners and reflectors)."""
+        self.stats.increment_counter(counter)
+        self._log(key, what)
+
     def _note_bad(self, key: Address, what: str) -> None:
         self.stats.increment_counter("malformed_packets")
+        self._log(key, what)
+
+    def _log(self, key: Address, what: str) -> None:
         limiter = self._log_limiter
         if limiter.allow(key[0]):
             n = limiter.suppressed.pop(key[0], 0)
@@ -141,8 +170,12 @@ class TFTPProtocol(DatagramProtocol):
                      peer=fmt(key), what=what, suppressed=n)
 
     def reply_error(self, addr: tuple[Any, ...], local: Local, code: int, message: str) -> None:
-        """An ERROR from the listening port (nobody else can send it)."""
-        self.send_from(packet.error(code, message), addr, local)
+        """An ERROR from the listening port (nobody else can send it), at most
+        a few a second to one address: the first always goes."""
+        if self._errors.take(natural(addr[0])):
+            self.send_from(packet.error(code, message), addr, local)
+        else:
+            self.stats.increment_counter("errors_suppressed")
 
     def send_from(self, data: bytes, addr: tuple[Any, ...], local: Local) -> None:
         """Send from the listening port, from the address the client used."""

@@ -41,7 +41,7 @@ class ReadSession(Session[ReadMachine]):
         handle.close()
 
     def _machine(self, neg: Negotiated, watchdog: Watchdog, oack: bytes | None) -> ReadMachine:
-        return ReadMachine(watchdog, neg.blksize, neg.windowsize, neg.rollover, oack)
+        return ReadMachine(watchdog, neg.blksize, neg.windowsize, neg.rollover, oack, quiet_until_verified=True)
 
     def _started(self, machine: ReadMachine, now: float) -> None:
         self._pump(machine, now)
@@ -60,7 +60,9 @@ class ReadSession(Session[ReadMachine]):
         if self._wait.pending is None:
             self._pump(m, now)
         if out:
-            self.link.send(out)
+            gate = self._gate
+            if gate is None or self._passes(gate, out):
+                self.link.send(out)
             out.clear()
         self._after(m, now)
 

@@ -20,13 +20,15 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
-from txfbtftp._interfaces import Address, IBackend, ILifecycle, IReloadable
+from txfbtftp._interfaces import Address, IBackend, ILifecycle
+from txfbtftp._lifecycle import reload_all
 from txfbtftp._net.listener import ListeningPort
 from txfbtftp._net.poller import SessionSockets
 from txfbtftp._observe.logs import log
 from txfbtftp._observe.metrics import Metrics, as_metrics
 from txfbtftp._observe.records import SessionRecord
 from txfbtftp._observe.stats import ServerStats
+from txfbtftp._server.access import AccessRules
 from txfbtftp._server.admission import Admission
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.dispatcher import AnySession, TFTPProtocol
@@ -65,13 +67,15 @@ class TFTPService(Service):
                  server_stats_callback: Callable[[ServerStats], Any] | None = None,
                  stats_interval: float = 60.0,
                  metrics: Metrics | CollectorRegistry | None = None,
-                 listeners: Sequence[socket.socket] = ()) -> None:
+                 listeners: Sequence[socket.socket] = (), access: AccessRules | None = None) -> None:
         self.backend = backend
         self.reactor = reactor
         self.port = port
         self.interfaces = list(interfaces)
         self.config = config
         self.listeners = list(listeners)
+        #: Who may ask; its file (if any) is re-read by :meth:`reload`.
+        self.access = access if access is not None else AccessRules()
         self.protocols: list[TFTPProtocol] = []
         self.listening: list[ListeningPort] = []
         self.sockets: SessionSockets | None = None
@@ -96,8 +100,10 @@ class TFTPService(Service):
             self._bind()  # started without privilegedStartService, as embedders and tests do
         super().startService()
         raise_fd_limit()
-        if ILifecycle.providedBy(self.backend) and not self._backend_started:
-            self.backend.start()
+        if not self._backend_started:
+            self.access.start()
+            if ILifecycle.providedBy(self.backend):
+                self.backend.start()
             self._backend_started = True
         if self.server_stats_callback is not None and self.stats.interval:
             self.stats.start_reporting(self.reactor, self.server_stats_callback)
@@ -108,7 +114,8 @@ class TFTPService(Service):
         for iface, sock in places:
             # The first protocol builds the admission queue and the session
             # sockets from the config; the others share them.
-            proto = TFTPProtocol(self.backend, self.reactor, self.config, self.sockets, self.stats, self.admission)
+            proto = TFTPProtocol(self.backend, self.reactor, self.config, self.sockets, self.stats, self.admission,
+                                 self.access, self.protocols[0].budget if self.protocols else None)
             self.admission = proto.admission
             lp = self._listen(proto, iface, sock)
             if not self.config.single_port:
@@ -155,14 +162,13 @@ class TFTPService(Service):
             yield from proto.sessions.values()
 
     def reload(self) -> list[str]:
-        """Re-read what the backend can re-read (remap rules, ``.clients``, ...).
+        """Re-read what can be re-read: the access rules' file, and what the
+        backend can (remap rules, ``.clients``, ...).
 
-        Returns what was reloaded, one description each.  A backend whose new
-        configuration is invalid keeps the old one: the ValueError propagates.
+        Returns what was reloaded, one description each.  A configuration
+        that is invalid keeps the old one: the ValueError propagates.
         """
-        if IReloadable.providedBy(self.backend):
-            return list(self.backend.reload())
-        return []
+        return reload_all([self.access, self.backend])
 
     def stopService(self) -> Deferred[None]:
         """Drain (at most ``config.shutdown_grace`` seconds), then release everything."""

@@ -8,7 +8,11 @@ a backend's answer) runs the machine with one outbox, and what the step put
 in it goes out in one batch through the link.  :class:`Session` holds what
 both directions share: waiting on the backend (it must answer within the
 watchdog's patience), the session's slot in the host's timer wheel, and the
-end (the record, releasing the file and the link).
+end (the record, releasing the file and the link).  Until the client has
+proved it is there, what goes to it passes its address's budget (a
+:class:`~txfbtftp._server.buckets.Gate`): a forged request costs its victim
+little.  The backend is given the request's clean name
+(:mod:`txfbtftp._protocol.paths`); a name no backend may see is refused here.
 :class:`~txfbtftp._server.read.ReadSession` and
 :class:`~txfbtftp._server.write.WriteSession` add their direction.
 """
@@ -26,10 +30,13 @@ from txfbtftp._net.listener import Local
 from txfbtftp._net.links import Link
 from txfbtftp._observe.logs import fmt, log
 from txfbtftp._observe.records import SessionRecord, log_record
+from txfbtftp._observe.stats import ServerStats
 from txfbtftp._protocol import errors, packet
 from txfbtftp._protocol.machine import Machine, Outbox, Outcome, State
 from txfbtftp._protocol.options import Negotiated, negotiate
+from txfbtftp._protocol.paths import normalize
 from txfbtftp._protocol.schedule import RTOEstimator, Watchdog
+from txfbtftp._server.buckets import Gate, UnverifiedBudget
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.stall import BackendWait
 from txfbtftp._server.timers import Wheel
@@ -46,6 +53,8 @@ class SessionHost(Protocol):
     config: ServerConfig
     clock: IReactorTime
     wheel: Wheel
+    budget: UnverifiedBudget
+    stats: ServerStats
 
     def open_link(self, session: Session[Any]) -> Link | None:
         """The session's way to its client; None (after answering "busy") if there is none."""
@@ -80,9 +89,7 @@ class Session(Generic[_M]):
         self.key = key
         self.peer = peer
         self.local = local
-        self.transfer_request = TransferRequest(
-            path=request.filename, client=key, local=(local[0] if local else listening[0], listening[1]),
-            mode=request.mode, options=dict(request.options), write=not request.is_read)
+        self.transfer_request, self._refusal = _transfer_request(request, key, local, listening)
         self.link: Link = _Unlinked()
         self.machine: _M | None = None
         self.negotiated: Negotiated | None = None
@@ -99,6 +106,8 @@ class Session(Generic[_M]):
         self._slot_start = 0.0
         self._wait = BackendWait(host.clock, host.config.schedule.total, self._stalled)
         self._closed = False
+        #: Until the client proves it is there, what goes to it is budgeted.
+        self._gate: Gate | None = Gate(host.budget, key[0], host.stats)
 
     @property
     def complete(self) -> bool:
@@ -147,10 +156,10 @@ class Session(Generic[_M]):
             self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
             return
         self.link = link
-        if self.request.mode not in MODES:
-            self._refuse(packet.ERR_ILLEGAL, "Unsupported transfer mode")
+        if self._refusal is not None:
+            self._refuse(self._refusal.code, self._refusal.message)
             return
-        d = maybeDeferred(self._open, self.request.filename, self.transfer_request)
+        d = maybeDeferred(self._open, self.transfer_request.path, self.transfer_request)
         self._wait.wait_for(d)
         d.addCallbacks(self._opened, self._open_failed)
         d.addErrback(self._crashed)
@@ -167,10 +176,7 @@ class Session(Generic[_M]):
         except errors.TFTPError as e:
             self._refuse(e.code, e.message)
             return
-        schedule = cfg.schedule if neg.timeout is None else cfg.schedule.based_on(neg.timeout)
-        estimator = RTOEstimator(cfg.rto_min) if cfg.adaptive and neg.timeout is None else None
-        m = self.machine = self._machine(neg, Watchdog(schedule, estimator),
-                                         packet.oack(neg.accepted) if neg.accepted else None)
+        m = self.machine = self._machine(neg, _watchdog(cfg, neg), packet.oack(neg.accepted) if neg.accepted else None)
         now = self._seconds()
         m.start(now, self._out)
         self._started(m, now)
@@ -199,8 +205,26 @@ class Session(Generic[_M]):
     def _flush(self) -> None:
         out = self._out
         if out:
-            self.link.send(out)
+            gate = self._gate
+            if gate is None or self._passes(gate, out):
+                self.link.send(out)
             out.clear()
+
+    def _passes(self, gate: Gate, out: Outbox) -> bool:
+        """May ``out`` go to a client that has not proved it is there yet?"""
+        m = self.machine
+        if not gate.lets(m is not None and m.verified, out):
+            return False
+        if gate.settled:
+            self._gate = None  # verified: the hot path skips the gate from now on
+        return True
+
+    def repeat(self) -> None:
+        """The client repeated its request before answering us: answer again."""
+        m = self.machine
+        if m is not None and not m.established and not self._closed:
+            m.repeat(self._seconds(), self._out)
+            self._flush()
 
     def _io_failed(self, failure: Failure) -> None:
         self._wait.done()
@@ -290,6 +314,8 @@ class Session(Generic[_M]):
         self._slot = None
         self._wait.done()
         self._flush()  # a final ERROR may still be in this step's outbox
+        if self._gate is not None:
+            self._gate.settle()
         try:
             self._release(outcome)
         except Exception:
@@ -326,3 +352,24 @@ def record(session: Session[Any], ended_at: float, now: float) -> SessionRecord:
         packets_received=counts[3], retransmits=counts[4], duplicates=counts[5],
         outcome=(outcome or Outcome.SERVER_ERROR).value, error_code=session.error_code,
         error_message=session.error_message or "", tsize_probe=bool(m is not None and m.tsize_probe))
+
+
+def _transfer_request(request: packet.Request, key: Address, local: Local,
+                      listening: Address) -> tuple[TransferRequest, errors.TFTPError | None]:
+    """What the backend is given, and the refusal of a request no backend may see."""
+    refusal: errors.TFTPError | None = None
+    try:
+        path = normalize(request.filename)
+        if request.mode not in MODES:
+            refusal = errors.Unsupported("Unsupported transfer mode")
+    except errors.TFTPError as e:
+        path, refusal = request.filename, e
+    return TransferRequest(path=path, client=key, local=(local[0] if local else listening[0], listening[1]),
+                           mode=request.mode, options=dict(request.options), write=not request.is_read,
+                           raw_path=request.filename), refusal
+
+
+def _watchdog(cfg: ServerConfig, neg: Negotiated) -> Watchdog:
+    """The operator's schedule (or the client's ``timeout``), adaptive when allowed."""
+    schedule = cfg.schedule if neg.timeout is None else cfg.schedule.based_on(neg.timeout)
+    return Watchdog(schedule, RTOEstimator(cfg.rto_min) if cfg.adaptive and neg.timeout is None else None)

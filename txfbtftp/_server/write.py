@@ -55,7 +55,7 @@ class WriteSession(Session[WriteMachine]):
     def _machine(self, neg: Negotiated, watchdog: Watchdog, oack: bytes | None) -> WriteMachine:
         cfg = self.host.config
         return WriteMachine(watchdog, neg.blksize, neg.windowsize, neg.rollover, oack,
-                            cfg.limits.max_upload_size, cfg.dally)
+                            cfg.limits.max_upload_size, cfg.dally, quiet_until_verified=True)
 
     def _release(self, outcome: Outcome | None) -> None:
         if self.writer is not None and outcome is not Outcome.OK:

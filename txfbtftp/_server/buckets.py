@@ -1,0 +1,107 @@
+"""Token buckets, one per source address, in bounded memory.
+
+A boot server answers whoever asks, and anyone can ask with someone else's
+address.  Budgets per source keep what one address can cost (ERRORs from
+the listening port, bytes to peers that never proved they are there) small
+however many packets arrive, while thousands of distinct clients, one or two
+requests each, never meet them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from txfbtftp._observe.stats import ServerStats
+
+
+class Buckets:
+    """``rate`` per second, up to ``burst``, for each key; at most ``size`` keys
+    remembered (the least recently used are forgotten: a full bucket)."""
+
+    def __init__(self, clock: Callable[[], float], rate: float, burst: float, size: int = 16384) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst
+        self._size = size
+        self._level: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, amount: float = 1.0) -> bool:
+        """Spend ``amount`` from ``key``'s bucket if it holds that much."""
+        now = self._clock()
+        level, since = self._level.pop(key, (self.burst, now))
+        level = min(self.burst, level + (now - since) * self.rate)
+        ok = level >= amount
+        if ok:
+            level -= amount
+        self._level[key] = (level, now)
+        if len(self._level) > self._size:
+            self._level.popitem(last=False)
+        return ok
+
+
+class UnverifiedBudget:
+    """What peers that have not proved they are there may cost, per source
+    address: at most ``max_sessions`` such sessions at once, and ``rate``
+    bytes a second (``burst`` at once) sent to them.  0 is no limit.
+
+    Loopback addresses are exempt: a packet from one cannot come from the
+    network, so nobody can forge it to us.
+    """
+
+    def __init__(self, clock: Callable[[], float], max_sessions: int = 16, rate: float = 512 * 1024,
+                 burst: float = 512 * 1024) -> None:
+        self.max_sessions = max_sessions
+        self._open: dict[str, int] = {}
+        self._bytes = Buckets(clock, rate, burst) if rate > 0 else None
+
+    def admit(self, host: str) -> bool:
+        """May one more unverified session start for ``host``?"""
+        return not self.max_sessions or self._open.get(host, 0) < self.max_sessions or _loopback(host)
+
+    def opened(self, host: str) -> None:
+        self._open[host] = self._open.get(host, 0) + 1
+
+    def settled(self, host: str) -> None:
+        """A session of ``host`` was verified, or ended."""
+        n = self._open.get(host, 0) - 1
+        if n > 0:
+            self._open[host] = n
+        else:
+            self._open.pop(host, None)
+
+    def spend(self, host: str, nbytes: int) -> bool:
+        """May ``nbytes`` go to ``host``, not verified yet?"""
+        return self._bytes is None or self._bytes.take(host, nbytes) or _loopback(host)
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith("127.") or host == "::1"
+
+
+class Gate:
+    """What goes to one peer until it proves it is there, spent from its
+    source address's budget; counted there as one unverified session."""
+
+    __slots__ = ("settled", "_budget", "_host", "_stats")
+
+    def __init__(self, budget: UnverifiedBudget, host: str, stats: ServerStats) -> None:
+        self.settled = False
+        self._budget = budget
+        self._host = host
+        self._stats = stats
+        budget.opened(host)
+
+    def lets(self, verified: bool, out: list[bytes]) -> bool:
+        """May ``out`` go?  A verified peer settles the gate for good."""
+        if verified:
+            self.settle()
+            return True
+        if self._budget.spend(self._host, sum(map(len, out))):
+            return True
+        self._stats.increment_counter("packets_withheld")
+        return False
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._budget.settled(self._host)
