@@ -90,7 +90,9 @@ class Metrics:
     ``tftp_first_packet_latency_seconds`` (all by :data:`LABELS`); and from
     the attached servers' :class:`~txfbtftp.stats.ServerStats`:
     ``tftp_sessions_active``, ``tftp_sessions_started_total``,
-    ``tftp_malformed_packets_total``, ``tftp_requests_refused_busy_total``.
+    ``tftp_malformed_packets_total``, ``tftp_requests_refused_busy_total``,
+    and the ``http:`` cache's ``tftp_cache_hits_total``,
+    ``tftp_cache_fills_total`` and ``tftp_cache_uncached_total``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None,
@@ -134,7 +136,10 @@ class _ServerCollector:
 
     _TOTALS = (("sessions_started", "Requests accepted (sessions created)."),
                ("malformed_packets", "Undecodable requests and stray packets on the listening port."),
-               ("requests_refused_busy", "Requests refused for want of a session socket."))
+               ("requests_refused_busy", "Requests refused for want of a session socket."),
+               ("cache_hits", "Downloads served from the http: cache."),
+               ("cache_fills", "Files fetched from the origin into the http: cache."),
+               ("cache_uncached", "Downloads served from the origin, not cached: too large, no room, a write error."))
 
     def __init__(self, servers: list[ServerStats]) -> None:
         self._servers = servers
