@@ -1,4 +1,5 @@
 """A real HTTP origin on loopback whose every answer the test controls."""
+import re
 from dataclasses import dataclass
 
 from twisted.internet import reactor
@@ -28,6 +29,8 @@ class File:
     hang: bool = False
     #: Leave Content-Length out (chunked encoding).
     no_length: bool = False
+    #: Answer ``Range: bytes=N-`` with 206 (when ``If-Range``, if any, matches).
+    ranges: bool = True
 
 
 @dataclass
@@ -36,16 +39,19 @@ class Seen:
     if_none_match: bytes | None
     if_modified_since: bytes | None
     client_port: int
+    range: bytes | None = None
+    if_range: bytes | None = None
 
 
 class _Sender:
     """Writes one body as a push producer, honouring the File's quirks."""
 
-    def __init__(self, origin: "Origin", request, spec: File) -> None:
+    def __init__(self, origin: "Origin", request, spec: File, start: int = 0) -> None:
         self.origin = origin
         self.request = request
         self.spec = spec
-        self.sent = 0
+        self.body = spec.body  # a response goes on with the body it started with
+        self.sent = start
         self.paused = False
         self.stopped = False
         self.timer = None
@@ -73,7 +79,7 @@ class _Sender:
             self.timer = reactor.callLater(delay, self._send)
 
     def _send(self) -> None:
-        spec, body = self.spec, self.spec.body
+        spec, body = self.spec, self.body
         while not self.paused and not self.stopped:
             if spec.gate is not None and self.sent >= spec.gate_after and not spec.gate.called:
                 if not self.gated:
@@ -114,7 +120,8 @@ class _Root(Resource):
     def render_GET(self, request):
         o = self.origin
         o.seen.append(Seen(request.uri, request.getHeader(b"if-none-match"),
-                           request.getHeader(b"if-modified-since"), request.getClientAddress().port))
+                           request.getHeader(b"if-modified-since"), request.getClientAddress().port,
+                           request.getHeader(b"range"), request.getHeader(b"if-range")))
         spec = o.files.get(request.path.decode("latin-1"))
         if spec is None:
             request.setResponseCode(404)
@@ -135,11 +142,32 @@ class _Root(Resource):
             if spec.etag is None and request.getHeader(b"if-modified-since") == spec.last_modified.encode():
                 request.setResponseCode(304)
                 return b""
+        start = _range_start(request, spec)
+        if start is not None and start >= len(spec.body):
+            request.setResponseCode(416)
+            request.setHeader(b"content-range", b"bytes */%d" % len(spec.body))
+            return b""
+        if start is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, len(spec.body) - 1, len(spec.body)))
         if not spec.no_length:
-            request.setHeader(b"content-length", b"%d" % len(spec.body))
-        o.senders.append(_Sender(o, request, spec))
+            request.setHeader(b"content-length", b"%d" % (len(spec.body) - (start or 0)))
+        o.senders.append(_Sender(o, request, spec, start or 0))
         o.senders[-1].start()
         return NOT_DONE_YET
+
+
+def _range_start(request, spec: File):
+    """Where a ``Range: bytes=N-`` request starts, if it is to be honoured."""
+    wanted = request.getHeader(b"range")
+    match = re.match(rb"^bytes=(\d+)-$", wanted or b"")
+    if not spec.ranges or match is None:
+        return None
+    if_range = request.getHeader(b"if-range")
+    current = {v.encode() for v in (spec.etag, spec.last_modified) if v is not None}
+    if if_range is not None and if_range not in current:
+        return None  # changed since: the whole file
+    return int(match.group(1))
 
 
 class Origin:
@@ -161,6 +189,10 @@ class Origin:
 
     def requests_for(self, name: str) -> list[Seen]:
         return [s for s in self.seen if s.uri == ("/boot/" + name).encode()]
+
+    def whole(self, name: str) -> list[Seen]:
+        """The requests for ``name`` that asked for all of it (no Range)."""
+        return [s for s in self.requests_for(name) if s.range is None]
 
     def close(self):
         for sender in self.senders:

@@ -2,16 +2,19 @@
 import json
 import os
 import random
+import threading
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 
-from txfbtftp import CacheBackend, HTTPOrigin, ServerConfig, TFTPService
+from txfbtftp import (CacheBackend, ChainBackend, HTTPOrigin, MemoryBackend, RemapBackend, ServerConfig,
+                      TFTPService)
 from txfbtftp import _backends as backends
+from txfbtftp._backends.http import verify
 from txfbtftp._protocol import errors
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.build import build_backend
@@ -37,9 +40,9 @@ def cache(origin, cache_dir):
     fresh instance over the same directory (a restart)."""
     made = []
 
-    def make(timeout=3.0, **kw):
+    def make(timeout=3.0, directory=cache_dir, **kw):
         kw.setdefault("revalidate", 3600)
-        made.append(CacheBackend(HTTPOrigin(origin.base, reactor, timeout=timeout), str(cache_dir), reactor, **kw))
+        made.append(CacheBackend(HTTPOrigin(origin.base, reactor, timeout=timeout), str(directory), reactor, **kw))
         made[-1].start()
         return made[-1]
 
@@ -55,7 +58,14 @@ def _listen():
 
 
 def _stored(cache_dir):
-    return sorted(n for n in os.listdir(cache_dir) if n != "tmp")
+    """The entries' bodies."""
+    return sorted(n for n in os.listdir(cache_dir) if n.endswith(".data"))
+
+
+def _index(cache_dir):
+    """The index's entries, by the last segment of their URL."""
+    entries = json.loads((cache_dir / "index.json").read_text())["entries"].values()
+    return {e["key"].rsplit("/", 1)[1]: e for e in entries}
 
 
 def _body(seed, size):
@@ -92,7 +102,7 @@ def test_200_clients_on_a_cold_cache_make_one_origin_request(serve, cache, origi
         assert len(origin.seen) == 1
         clients_.append(_listen())
         assert (yield rawclient.download(clients_[-1], server, "vmlinuz"))[0] == body
-        assert len(origin.seen) == 1 and len(_stored(cache_dir)) == 2
+        assert len(origin.seen) == 1 and len(_stored(cache_dir)) == 1
     finally:
         for c in clients_:
             c.close()
@@ -106,7 +116,7 @@ def test_revalidation(cache, origin, cache_dir, validator):
     first = {"etag": '"v1"', "last_modified": "Mon, 01 Jan 2024 00:00:00 GMT"}[validator]
     spec = origin.add("initrd", b"one" * 1000, **{validator: first})
     assert (yield _get(backend, "initrd")) == b"one" * 1000
-    data_files = [n for n in _stored(cache_dir) if n.endswith(".data")]
+    data_files = _stored(cache_dir)
     now[0] += 5
     assert (yield _get(backend, "initrd")) == b"one" * 1000
     assert len(origin.seen) == 1
@@ -115,7 +125,7 @@ def test_revalidation(cache, origin, cache_dir, validator):
     seen = origin.seen[-1]
     assert len(origin.seen) == 2
     assert (seen.if_none_match if validator == "etag" else seen.if_modified_since) == first.encode()
-    assert [n for n in _stored(cache_dir) if n.endswith(".data")] == data_files
+    assert _stored(cache_dir) == data_files
     now[0] += 5  # 304 restarted the clock
     assert (yield _get(backend, "initrd")) == b"one" * 1000 and len(origin.seen) == 2
     spec.body = b"two" * 2000
@@ -123,10 +133,10 @@ def test_revalidation(cache, origin, cache_dir, validator):
     now[0] += 11
     assert (yield _get(backend, "initrd")) == b"two" * 2000
     assert len(origin.seen) == 3
-    (meta,) = [n for n in _stored(cache_dir) if n.endswith(".json")]
-    (data,) = [n for n in _stored(cache_dir) if n.endswith(".data")]
+    (data,) = _stored(cache_dir)
     assert data != data_files[0]
-    stored = json.loads((cache_dir / meta).read_text())
+    stored = _index(cache_dir)["initrd"]
+    assert stored["data"] == data
     assert stored[validator] == getattr(spec, validator) and stored["size"] == 6000
 
 
@@ -184,7 +194,7 @@ def test_a_truncated_response_is_never_cached(serve, cache, origin, cache_dir):
     assert _stored(cache_dir) == [] and os.listdir(cache_dir / "tmp") == []
     spec.truncate_at = None
     assert (yield _get(backend, "cut.bin")) == body
-    assert len(origin.seen) == 2 and len(_stored(cache_dir)) == 2
+    assert len(origin.seen) == 2 and len(_stored(cache_dir)) == 1
 
 
 @pytest_twisted.inlineCallbacks
@@ -199,7 +209,7 @@ def test_eviction_keeps_the_most_recently_used_and_spares_readers(cache, origin,
     yield _get(backend, "d")
     keys = [k.rsplit("/", 1)[1] for k in backend.keys()]
     assert keys == ["c", "a", "d"] and backend.store.used == 300000
-    assert len(_stored(cache_dir)) == 6
+    assert len(_stored(cache_dir)) == 3
     held = yield backend.get_reader("c", None)
     yield _get(backend, "a")
     yield _get(backend, "d")
@@ -230,25 +240,93 @@ def test_a_restart_keeps_a_warm_cache(cache, origin, cache_dir):
 
 
 @pytest_twisted.inlineCallbacks
-def test_damaged_entries_are_fetched_again(cache, origin, cache_dir):
-    origin.add("same-size", b"good" * 1000)
-    origin.add("short", b"long" * 1000)
+def test_damaged_entries_are_dropped_at_start_or_by_the_background_check(cache, origin, cache_dir):
+    for name, body in (("rewritten", b"good"), ("short", b"long"), ("rotten", b"fine")):
+        origin.add(name, body * 1000)
     first = cache()
-    yield _get(first, "same-size")
-    yield _get(first, "short")
-    names = {json.loads((cache_dir / n).read_text())["key"].rsplit("/", 1)[1]: json.loads((cache_dir / n).read_text())
-             for n in _stored(cache_dir) if n.endswith(".json")}
-    (cache_dir / names["same-size"]["data"]).write_bytes(b"evil" * 1000)
-    (cache_dir / names["short"]["data"]).write_bytes(b"lo")
+    for name in ("rewritten", "short", "rotten"):
+        yield _get(first, name)
+    yield first.stop()  # the next start is alone on the directory: a cold start
+    index = _index(cache_dir)
+    (cache_dir / index["rewritten"]["data"]).write_bytes(b"evil" * 1000)  # same size, written since
+    (cache_dir / index["short"]["data"]).write_bytes(b"lo")
+    rotten = cache_dir / index["rotten"]["data"]
+    st = rotten.stat()
+    rotten.write_bytes(b"rot!" * 1000)
+    os.utime(rotten, ns=(st.st_atime_ns, st.st_mtime_ns))  # silent damage: size and time as they were
     (cache_dir / "tmp" / "leftover").write_bytes(b"x")
     (cache_dir / "0123.orphan.data").write_bytes(b"x")
     second = cache()
-    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["same-size"]
+    assert [k.rsplit("/", 1)[1] for k in second.keys()] == ["rotten"]  # served at once, checked meanwhile
     assert os.listdir(cache_dir / "tmp") == [] and not (cache_dir / "0123.orphan.data").exists()
-    assert (yield _get(second, "same-size")) == b"good" * 1000
-    assert (yield _get(second, "short")) == b"long" * 1000
-    assert len(origin.seen) == 4
-    assert (yield _get(second, "same-size")) == b"good" * 1000 and len(origin.seen) == 4
+    yield until(lambda: second.store.verifier.pending == 0)
+    assert second.keys() == []
+    for name, body in (("rewritten", b"good"), ("short", b"long"), ("rotten", b"fine")):
+        assert (yield _get(second, name)) == body * 1000
+    assert len(origin.seen) == 6
+    assert (yield _get(second, "rotten")) == b"fine" * 1000 and len(origin.seen) == 6
+
+
+@pytest_twisted.inlineCallbacks
+def test_after_a_restart_a_cached_file_is_served_before_its_checksum_is_checked(cache, origin, cache_dir,
+                                                                                monkeypatch):
+    """The first client of a large file after a restart does not wait for it
+    to be hashed: the check runs in the background (here held until the
+    first block has been read)."""
+    body = _body(8, 16 << 20)
+    origin.add("big.iso", body)
+    first = cache()
+    yield _get(first, "big.iso")
+    yield first.stop()
+    release, hashed = threading.Event(), []
+    real = verify.sha256_of
+
+    def held(path, stopping=lambda: False):
+        release.wait(10)
+        hashed.append(os.path.basename(path))
+        return real(path, stopping)
+
+    monkeypatch.setattr(verify, "sha256_of", held)
+    second = cache()
+    try:
+        reader = yield second.get_reader("big.iso", None)
+        assert reader.read(1468) == body[:1468] and hashed == []
+        assert second.store.verifier.pending == 1
+    finally:
+        release.set()
+    assert (yield slurp(reader)) == body[1468:]
+    yield until(lambda: second.store.verifier.pending == 0)
+    assert hashed == _stored(cache_dir) and len(second.keys()) == 1 and len(origin.seen) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_hits_fills_and_downloads_not_cached_are_counted(serve, cache, origin):
+    origin.add("small", b"s" * 3000)
+    origin.add("large", _body(5, 60000))
+    backend = cache(max_size=50000)
+    svc = serve(backend=RemapBackend(ChainBackend([MemoryBackend({}), backend]), []))  # wrappers pass it on
+    server = ("127.0.0.1", svc.bound_port)
+    for name in ("small", "small", "large", "small"):
+        c = _listen()
+        try:
+            data, _, _ = yield rawclient.download(c, server, name, {"blksize": "1468"})
+        finally:
+            c.close()
+        assert data == origin.files["/boot/" + name].body
+        yield backend.idle()  # stored: the next one is a hit
+    counters = svc.stats.get_all_counters()
+    assert (counters["cache_hits"], counters["cache_fills"], counters["cache_uncached"]) == (2, 1, 1)
+
+
+def test_a_cache_directory_of_0_1_is_emptied_at_first_start(cache, cache_dir):
+    cache_dir.mkdir()
+    name = "ab" * 32
+    (cache_dir / (name + ".json")).write_text('{"version": 1}')
+    (cache_dir / (name + ".0123456789ab.data")).write_bytes(b"x")
+    (cache_dir / "notes.txt").write_text("not the cache's")
+    backend = cache()
+    assert backend.keys() == [] and _stored(cache_dir) == []
+    assert sorted(os.listdir(cache_dir)) == ["lock", "notes.txt", "tmp", "users"]
 
 
 def test_options_build_a_cache_in_front_of_http(tmp_path):
@@ -329,3 +407,94 @@ def test_stopping_the_service_leaves_no_connection_or_timer_behind(origin, tmp_p
     calls, conns = ours()
     assert conns - conns_before == set()
     assert {c for c in calls - calls_before if c.getTime() > reactor.seconds() + 0.1} == set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_caches_on_one_directory_fetch_a_miss_once(cache, origin, cache_dir):
+    """Two processes' caches, as flock sees them: the second follows the first's fill."""
+    body = _body(20, 700_000)
+    gate = Deferred()
+    origin.add("kernel", body, gate=gate, gate_after=100_000, chunk=50_000)
+    one, two = cache(), cache()
+    first = yield one.get_reader("kernel", None)
+    second = two.get_reader("kernel", None)  # waits on the other cache's fill
+    yield until(lambda: origin.sent.get("/boot/kernel", 0) >= 100_000)
+    gate.callback(None)
+    second = yield second
+    assert first.size == second.size == len(body)
+    assert (yield slurp(first)) == body and (yield slurp(second)) == body
+    yield one.idle()
+    yield two.idle()
+    assert len(origin.seen) == 1 and len(_stored(cache_dir)) == 1
+    assert (yield _get(two, "kernel")) == body and len(origin.seen) == 1
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["range", "no-range"])
+@pytest_twisted.inlineCallbacks
+def test_a_write_error_midway_sends_the_readers_to_the_origin(serve, cache, origin, tmp_path, ranges):
+    from .cachelab import Tmpfs
+    disk = Tmpfs(tmp_path / "small", "3m")
+    try:
+        body = _body(21, 2_000_000)
+        gate = Deferred()
+        origin.add("initrd", body, gate=gate, gate_after=400_000, chunk=50_000, etag='"i1"', ranges=ranges)
+        svc = serve(backend=cache(directory=disk.path))
+        clients_ = [_listen() for _ in range(20)]
+        downloads = [rawclient.download(c, ("127.0.0.1", svc.bound_port), "initrd", {"blksize": "8192"})
+                     for c in clients_]
+        yield until(lambda: all(c.received for c in clients_))
+        disk.fill()
+        gate.callback(None)
+        results = yield DeferredList(downloads, fireOnOneErrback=True, consumeErrors=True)
+        for c in clients_:
+            c.close()
+        assert all(data == body for _, (data, _, _) in results)
+        again = [s for s in origin.seen if s.range is not None]
+        assert len(origin.whole("initrd")) == 1 and 1 <= len(again) <= 20
+        assert all(s.if_range == b'"i1"' for s in again)
+        assert svc.stats.get_counter("cache_uncached") == len(again)
+        yield svc.backend.idle()
+        assert os.listdir(disk.path / "tmp") == [] and _stored(disk.path) == []
+    finally:
+        disk.unmount()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_file_that_changes_on_the_origin_is_never_spliced(cache, origin, tmp_path):
+    from .cachelab import Tmpfs
+    disk = Tmpfs(tmp_path / "small", "4m")
+    try:
+        old, new = _body(22, 1_500_000), _body(23, 1_500_000)
+        gate = Deferred()
+        spec = origin.add("menu", old, gate=gate, gate_after=300_000, chunk=50_000, etag='"old"')
+        backend = cache(directory=disk.path)
+        reader = yield backend.get_reader("menu", None)
+        head = yield reader.read(200_000)
+        assert head == old[:200_000]
+        disk.fill()
+        spec.body, spec.etag = new, '"new"'
+        gate.callback(None)
+        with pytest.raises(errors.TFTPError):
+            yield slurp(reader)
+        (first, again) = origin.seen
+        assert first.range is None and again.range == b"bytes=200000-" and again.if_range == b'"old"'
+    finally:
+        disk.unmount()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_of_unknown_length_outgrowing_the_cache_is_streamed(cache, origin, cache_dir):
+    body = _body(24, 600_000)
+    origin.add("stream", body, no_length=True, chunk=20_000, delay=0.001)
+    backend = cache(max_size=100_000)
+    largest = []
+    sampler = LoopingCall(lambda: largest.append(
+        sum(e.stat().st_size for e in os.scandir(cache_dir / "tmp")) if (cache_dir / "tmp").exists() else 0))
+    sampler.start(0.001)
+    try:
+        assert (yield _get(backend, "stream")) == body
+    finally:
+        sampler.stop()
+    assert 0 < max(largest) <= 100_000
+    assert len(origin.whole("stream")) == 1 and len(origin.seen) == 2
+    assert os.listdir(cache_dir / "tmp") == [] and _stored(cache_dir) == []

@@ -199,3 +199,36 @@ def test_netascii_over_a_trickling_body(http, origin):
     body = yield HTTPBackend(http()).get_reader("t.txt", None)
     assert body.size == len(text)
     assert (yield slurp(NetasciiReader(body), 65536)) == encode(text)
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["206", "200"])
+@pytest_twisted.inlineCallbacks
+def test_fetch_range_gives_the_rest_of_the_same_file(http, origin, ranges):
+    body = random.Random(9).randbytes(300_000)
+    origin.add("k", body, etag='"k1"', ranges=ranges, chunk=7000)
+    response = yield http().fetch_range("k", 123_456, len(body), '"k1"', None)
+    assert response.status == (206 if ranges else 200) and response.size == len(body) - 123_456
+    assert (yield slurp(response.body)) == body[123_456:]
+    seen = origin.seen[-1]
+    assert seen.range == b"bytes=123456-" and seen.if_range == b'"k1"'
+
+
+@pytest_twisted.inlineCallbacks
+def test_fetch_range_refuses_a_file_that_changed(http, origin):
+    origin.add("k", b"new" * 1000, etag='"k2"')
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("k", 100, 3000, '"k1"', None)  # If-Range fails: the whole new file
+    origin.add("m", b"x" * 3000, last_modified="Tue, 02 Jan 2024 00:00:00 GMT")
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("m", 100, 3000, None, "Mon, 01 Jan 2024 00:00:00 GMT")
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("m", 100, 2999, None, None)  # another length
+
+
+@pytest_twisted.inlineCallbacks
+def test_fetch_range_past_the_end_of_a_file_of_unknown_length(http, origin):
+    origin.add("c", b"abc" * 100, no_length=True)
+    response = yield http().fetch_range("c", 300, None)
+    assert response.status == 416 and response.body is None
+    with pytest.raises(errors.FileNotFound):
+        yield http().fetch_range("gone", 10, None)

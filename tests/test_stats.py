@@ -431,3 +431,21 @@ def test_twistd_writes_json_lines(root):
     assert data[4:] == (root / "hello.txt").read_bytes()
     assert session["level"] == "info" and session["outcome"] == "ok" and session["bytes_transferred"] == 20
     assert session["path"] == "hello.txt" and "RRQ 'hello.txt' octet: 20 bytes in" in session["text"]
+
+
+def test_a_backend_counts_in_the_service_statistics_through_wrappers():
+    """``ICounting``: the service hands its counter to the backend; chains and
+    remapping pass it on; what is counted flows with the server's counters."""
+    from zope.interface import implementer
+
+    from txfbtftp import ChainBackend, ICounting, IBackend, MemoryBackend, RemapBackend, TFTPService
+
+    @implementer(IBackend, ICounting)
+    class Counting(MemoryBackend):
+        def count_with(self, increment):
+            self.increment = increment
+
+    inner = Counting({"a": b"x"})
+    svc = TFTPService(RemapBackend(ChainBackend([MemoryBackend(), inner]), []), Clock(), 0, ["127.0.0.1"])
+    inner.increment("cache_hits", 2)
+    assert svc.stats.get_counter("cache_hits") == 2 and svc.stats.totals["cache_hits"] == 2

@@ -26,7 +26,7 @@ from txfbtftp._backends.http.origin import HTTPOrigin
 from txfbtftp._backends.memory import BytesReader, MemoryBackend
 from txfbtftp._backends.remap import RemapBackend, load_rules, parse_rules
 from txfbtftp._backends.template import TemplateBackend
-from txfbtftp._interfaces import (Address, ILifecycle, IBackend, IReader, IWritableBackend, IWriter,
+from txfbtftp._interfaces import (Address, ICounting, ILifecycle, IBackend, IReader, IWritableBackend, IWriter,
                                   TransferRequest)
 from txfbtftp._observe.logs import json_observer
 from txfbtftp._observe.metrics import Metrics, MetricsService, PathClasses
@@ -48,7 +48,8 @@ __all__ = [
     # Serving
     "TFTPService", "TFTPProtocol", "ServerConfig", "Limits", "Schedule", "AccessRules",
     # The backend seam
-    "IBackend", "IWritableBackend", "IReader", "IWriter", "ILifecycle", "TransferRequest", "Address",
+    "IBackend", "IWritableBackend", "IReader", "IWriter", "ILifecycle", "ICounting", "TransferRequest",
+    "Address",
     # Errors a backend raises (and the client's transfers fail with)
     "TFTPError", "FileNotFound", "AccessViolation", "DiskFull", "Unsupported", "FileExists",
     "OptionsRefused", "ServerBusy", "TFTPTimeout",

@@ -4,8 +4,9 @@ A backend answers reads (:class:`IBackend`) and, if it takes uploads,
 writes (:class:`IWritableBackend`); a read-only backend has no
 ``get_writer`` to write.  One that holds resources between start and stop
 (connection pools, caches) also provides :class:`ILifecycle`, and one whose
-configuration can be read again while serving :class:`IReloadable`; the
-service that serves it calls those methods.
+configuration can be read again while serving :class:`IReloadable`, and one
+with events of its own to count :class:`ICounting`; the service that serves
+it calls those methods.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, TypeVar, Union
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.defer import Deferred
 
 #: ``(host, port)``; hosts in their natural form (``192.0.2.7``, never
@@ -124,6 +127,22 @@ class ILifecycle(Interface):
 
     def stop() -> Deferred[None] | None:
         """Release everything: no connection, timer or thread left behind."""
+
+
+class ICounting(Interface):
+    """Something (usually a backend) with events of its own to count in the
+    server's statistics: a cache's hits, and its downloads served from the
+    origin because they could not be cached.
+
+    :class:`~txfbtftp.TFTPService` hands it its statistics' counter when it
+    is built; wrapping backends (chains, remapping) pass it on.  Counters
+    reach ``--workers``' main process and the periodic statistics line as
+    the server's own do.
+    """
+
+    def count_with(increment: Callable[[str, int], None]) -> None:
+        """Count from now on with ``increment(name, n)`` (the
+        :class:`~txfbtftp.ServerStats`' ``increment_counter``)."""
 
 
 class IReloadable(Interface):

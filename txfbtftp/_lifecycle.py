@@ -1,11 +1,11 @@
-"""Starting, stopping and reloading the parts of a backend that can."""
+"""Starting, stopping, reloading and counting the parts of a backend that can."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from txfbtftp._interfaces import ILifecycle, IReloadable
+from txfbtftp._interfaces import ICounting, ILifecycle, IReloadable
 
 
 def start_all(parts: Iterable[object]) -> None:
@@ -28,3 +28,10 @@ def reload_all(parts: Iterable[object]) -> list[str]:
         if IReloadable.providedBy(part):
             done.extend(part.reload())
     return done
+
+
+def count_all(parts: Iterable[object], increment: Callable[[str, int], None]) -> None:
+    """Hand the statistics' counter to every part that provides :class:`ICounting`."""
+    for part in parts:
+        if ICounting.providedBy(part):
+            part.count_with(increment)

@@ -9,19 +9,19 @@ it on; anything else (``FileExists``, ``DiskFull``, ...) is the answer.
 When no backend takes a write the client gets the first ``AccessViolation``
 if there was one, else ``FileNotFound``; a backend without uploads
 (no :class:`~txfbtftp.IWritableBackend`) counts as an ``AccessViolation``.
-Starting and stopping reach every backend of the chain.
+Starting, stopping and counting reach every backend of the chain.
 """
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txfbtftp._interfaces import IBackend, ILifecycle, IReloadable, IWritableBackend, TransferRequest
-from txfbtftp._lifecycle import reload_all, start_all, stop_all
+from txfbtftp._interfaces import IBackend, ICounting, ILifecycle, IReloadable, IWritableBackend, TransferRequest
+from txfbtftp._lifecycle import count_all, reload_all, start_all, stop_all
 from txfbtftp._protocol import errors
 
 _Passes = tuple[type[errors.TFTPError], ...]
@@ -29,7 +29,7 @@ _READ_PASSES: _Passes = (errors.FileNotFound,)
 _WRITE_PASSES: _Passes = (errors.FileNotFound, errors.AccessViolation)
 
 
-@implementer(IWritableBackend, ILifecycle, IReloadable)
+@implementer(IWritableBackend, ILifecycle, IReloadable, ICounting)
 class ChainBackend:
     """Asks ``backends`` in order; synchronous answers stay synchronous."""
 
@@ -43,6 +43,9 @@ class ChainBackend:
 
     def stop(self) -> Deferred[None]:
         return stop_all(self.backends)
+
+    def count_with(self, increment: Callable[[str, int], None]) -> None:
+        count_all(self.backends, increment)
 
     def reload(self) -> list[str]:
         return reload_all(self.backends)

@@ -74,6 +74,10 @@ class FileReader:
         self._pos = n
         return buf[:n]
 
+    def fileno(self) -> int:
+        """The descriptor this reader shares with the file's other readers."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             self._fd = -1

@@ -46,9 +46,9 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from txfbtftp._interfaces import (IBackend, ILifecycle, IReader, IReloadable, IWritableBackend, IWriter,
+from txfbtftp._interfaces import (IBackend, ICounting, ILifecycle, IReader, IReloadable, IWritableBackend, IWriter,
                                   MaybeDeferred, TransferRequest, Unavailable)
-from txfbtftp._lifecycle import reload_all, start_all, stop_all
+from txfbtftp._lifecycle import count_all, reload_all, start_all, stop_all
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 from txfbtftp._protocol.paths import normalize
@@ -219,7 +219,7 @@ def rewrite(path: str, rules: Sequence[Rule], client: str = "", write: bool = Fa
     return current
 
 
-@implementer(IWritableBackend, ILifecycle, IReloadable)
+@implementer(IWritableBackend, ILifecycle, IReloadable, ICounting)
 class RemapBackend:
     """``inner`` with every requested name passed through ``rules`` first.
 
@@ -230,6 +230,9 @@ class RemapBackend:
         self.inner = inner
         self.rules = list(rules)
         self.source = source
+
+    def count_with(self, increment: Callable[[str, int], None]) -> None:
+        count_all([self.inner], increment)
 
     def reload(self) -> list[str]:
         done = []

@@ -90,7 +90,9 @@ class Metrics:
     ``tftp_first_packet_latency_seconds`` (all by :data:`LABELS`); and from
     the attached servers' :class:`~txfbtftp.stats.ServerStats`:
     ``tftp_sessions_active``, ``tftp_sessions_started_total``,
-    ``tftp_malformed_packets_total``, ``tftp_requests_refused_busy_total``.
+    ``tftp_malformed_packets_total``, ``tftp_requests_refused_busy_total``,
+    and the ``http:`` cache's ``tftp_cache_hits_total``,
+    ``tftp_cache_fills_total`` and ``tftp_cache_uncached_total``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None,
@@ -138,7 +140,10 @@ class _ServerCollector:
                ("requests_denied", "Requests ignored by the access rules."),
                ("requests_over_budget", "Requests dropped: their address has too many sessions that never answered."),
                ("packets_withheld", "Packets not sent: over the byte budget of an address that never answered."),
-               ("errors_suppressed", "ERROR replies on the listening port not sent (rate limit per address)."))
+               ("errors_suppressed", "ERROR replies on the listening port not sent (rate limit per address)."),
+               ("cache_hits", "Downloads served from the http: cache."),
+               ("cache_fills", "Files fetched from the origin into the http: cache."),
+               ("cache_uncached", "Downloads served from the origin, not cached: too large, no room, a write error."))
 
     def __init__(self, servers: list[ServerStats]) -> None:
         self._servers = servers

@@ -35,7 +35,10 @@ class ServerStats:
     byte once), ``bytes_sent`` (retransmissions included), ``retransmits``,
     ``duplicates``, ``malformed_packets`` (undecodable requests and stray
     packets on the listening port), ``requests_refused_busy`` (no session
-    socket could be opened).
+    socket could be opened); and those a backend counts
+    (:class:`~txfbtftp.ICounting`): the ``http:`` cache's ``cache_hits``,
+    ``cache_fills`` (files fetched into it) and ``cache_uncached``
+    (downloads served from the origin because they could not be cached).
 
     The one gauge, :attr:`active`, is the number of sessions in progress.
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 
-from txfbtftp._interfaces import Address, IBackend, ILifecycle
+from txfbtftp._interfaces import Address, IBackend, ICounting, ILifecycle
 from txfbtftp._lifecycle import reload_all
 from txfbtftp._net.listener import ListeningPort
 from txfbtftp._net.poller import SessionSockets
@@ -88,6 +88,8 @@ class TFTPService(Service):
         self.metrics = as_metrics(metrics) if metrics is not None else None
         if self.metrics is not None:
             self.metrics.attach(self.stats)
+        if ICounting.providedBy(backend):
+            backend.count_with(self.stats.increment_counter)
         self._backend_started = False
         self._drain: Drain | None = None
 

@@ -3,7 +3,9 @@
 The first DATA leaves as soon as the first block has arrived, and each
 download buffers at most a bounded amount (the origin connection is paused
 beyond it), so two hundred slow clients do not each hold a kernel in memory.
-A body that stalls for longer than ``stall_timeout`` is broken off.
+A body that stalls for longer than ``stall_timeout`` is broken off.  A body
+that must start further on (an origin that answers a Range request with the
+whole file) drops its first ``skip`` bytes as they arrive.
 """
 from __future__ import annotations
 
@@ -33,12 +35,15 @@ class BodyStream(Protocol):
     Bytes are buffered up to ``high_water``; past it the connection is
     paused, and it is resumed once reads bring the buffer under half of it.
     ``read(n)`` answers at once when ``n`` bytes (or the end) are at hand and
-    otherwise with a Deferred fired when they arrive.
+    otherwise with a Deferred fired when they arrive.  ``size`` is what
+    the reader gets (after ``skip``); ``received`` counts every byte.
     """
 
     def __init__(self, reactor: IReactorTime, url: str, size: int | None, stall_timeout: float,
-                 high_water: int = 256 * 1024) -> None:
-        self.size = size
+                 high_water: int = 256 * 1024, skip: int = 0) -> None:
+        self.size = None if size is None else size - skip
+        self._skip = skip
+        self._whole = size
         self.complete = False
         self.received = 0
         self._reactor = reactor
@@ -74,8 +79,12 @@ class BodyStream(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
-        self._buf += data
         self.received += len(data)
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        self._buf += data
         if not self._paused and self.buffered > self._high:
             self._paused = True
             self._pause()
@@ -86,15 +95,18 @@ class BodyStream(Protocol):
         self._disarm()
         if self._closed or self._error is not None:
             return
+        whole = self._whole
         if why.check(ResponseDone):
-            if self.size is not None and self.received != self.size:
-                self._broken("ended after %d of %d bytes" % (self.received, self.size))
+            if whole is not None and self.received != whole:
+                self._broken("ended after %d of %d bytes" % (self.received, whole))
+            elif self._skip:
+                self._broken("ended after %d bytes, before the part wanted" % self.received)
             else:
                 self._eof = self.complete = True
-        elif why.check(PotentialDataLoss):
+        elif why.check(PotentialDataLoss) and not self._skip:
             self._eof = True  # no length announced: whole as far as anyone can tell
-        elif self.size is not None and self.received < self.size:
-            self._broken("connection lost after %d of %d bytes" % (self.received, self.size))
+        elif whole is not None and self.received < whole:
+            self._broken("connection lost after %d of %d bytes" % (self.received, whole))
         else:
             self._broken("broke off after %d bytes: %s" % (self.received, reason(why)))
         self._wake()

@@ -1,270 +1,149 @@
-"""One fetch from the origin, shared by every request that arrives while it runs.
+"""The requests of one process for one file while it is being fetched.
 
-Until the origin answers, requests wait on the flight; once a body arrives
-it is written to a temporary file, and each request gets a
-:class:`FillReader` that follows the file as it grows, waiting only when it
-catches up with the origin.  When the body is complete, matches its
-announced length and fits the cache, the store makes it an entry.
+A miss claims the file's fill in the index (:meth:`CacheStore.claim
+<txfbtftp._backends.http.store.CacheStore.claim>`).  If no process is
+fetching it, this one does (:class:`~txfbtftp._backends.http.fetch.Fetch`);
+if another one is, this one follows that process's temporary file
+(:class:`~txfbtftp._backends.http.watch.Watch`), and takes the fill over
+if that process dies.  Either way the requests of this process join one
+:class:`Flight`: until the origin's answer is known they wait on it; then
+each gets a reader of the fill, the entry a 304 confirmed, a stream of its
+own from the origin (the file cannot be cached), or the origin's refusal.
+So a miss is fetched from the origin once per machine, however many
+processes serve the directory and however many clients ask.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from typing import TYPE_CHECKING, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from txfbtftp._backends.http.iorigin import IBody, OriginResponse
-from txfbtftp._backends.http.store import Entry, entry_name
+from txfbtftp._backends.http.detour import Detour, Source
+from txfbtftp._backends.http.fetch import Fetch
+from txfbtftp._backends.http.fill import FillFile, State
+from txfbtftp._backends.http.index import Entry
+from txfbtftp._backends.http.iorigin import IBody
+from txfbtftp._backends.http.store import Claim
+from txfbtftp._backends.http.watch import Watch
 from txfbtftp._interfaces import IReader, MaybeDeferred
-from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 
 if TYPE_CHECKING:
     from txfbtftp._backends.http.cache import CacheBackend
 
-_CHUNK = 256 * 1024
 
-#: What a flight lands as: itself (a body to read along), or the entry a 304
-#: (or an origin that is down) confirmed.
-Landing = Union["Flight", Entry]
+class Driver(Protocol):
+    """What moves a flight on: a fetch of our own, or another process's, watched."""
+
+    def start(self) -> None: ...
+
+    def poke(self) -> None:
+        """Someone is waiting for news."""
+
+    def stop(self) -> None:
+        """The cache is stopping: a fetch finishes, a watch ends."""
 
 
 class Flight:
-    """A fetch of ``key`` (for ``path``), revalidating ``entry`` if there is one."""
+    """Requests for ``key`` (``path``, entry ``name``) joined while it is fetched;
+    ``stale`` is the entry a conditional fetch revalidates, if any."""
 
-    def __init__(self, cache: CacheBackend, path: str, key: str, entry: Entry | None) -> None:
+    def __init__(self, cache: CacheBackend, path: str, key: str, name: str, stale: Entry | None) -> None:
         self.cache = cache
         self.path = path
         self.key = key
-        self.name = entry_name(key)
-        self.entry = entry
-        self.waiters: list[Deferred[Landing]] = []
-        self.filling = False
-        self.done = False
-        self.error: errors.TFTPError | None = None
-        self.size: int | None = None
-        self.written = 0
-        self.fd = -1
-        self.tmp: str | None = None
-        self.refs = 0
-        self.pending: list[tuple[FillReader, int, Deferred[bytes]]] = []
-        self._hash = hashlib.sha256()
-        self._response: OriginResponse | None = None
-        self._body: IBody | None = None
+        self.name = name
+        self.stale = stale
+        self.fill: FillFile | None = None
+        self.driver: Driver | None = None
+        self.landed = False
+        self._waiters: list[tuple[Deferred[IReader], bool]] = []
 
-    def wait(self) -> Deferred[Landing]:
-        d: Deferred[Landing] = Deferred()
-        self.waiters.append(d)
+    @property
+    def waiting(self) -> bool:
+        return bool(self._waiters)
+
+    def start(self, claim: Claim) -> None:
+        self.drive(Fetch(self, claim) if claim.mine else Watch(self, claim))
+
+    def drive(self, driver: Driver) -> None:
+        self.driver = driver
+        driver.start()
+
+    def join(self, retry: bool = True) -> MaybeDeferred[IReader]:
+        fill = self.fill
+        if fill is not None and fill.state in (State.FILLING, State.COMPLETE):
+            return fill.reader()
+        d: Deferred[IReader] = Deferred()
+        self._waiters.append((d, retry))
+        if self.driver is not None:
+            self.driver.poke()
         return d
 
-    def _resolve(self, outcome: Landing) -> None:
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
-            d.callback(outcome)
+    def source(self, size: int | None, etag: str | None, last_modified: str | None) -> Source:
+        return Source(self.cache.origin, self.path, size, etag, last_modified)
 
-    def _reject(self, error: errors.TFTPError) -> None:
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
+    def new_fill(self, fd: int, source: Source, written: int) -> FillFile:
+        """A fill file whose readers sent to the origin are counted and logged."""
+        return FillFile(fd, source, written, on_detour=lambda why: self.cache.not_cached(self.key, why))
+
+    # -- how it ends for the waiters -------------------------------------------------------
+    def read_along(self, fill: FillFile) -> None:
+        """The body is arriving in ``fill``: read it as it comes."""
+        self.fill = fill
+        self._settle(lambda retry: fill.reader())
+
+    def serve_entry(self, entry: Entry) -> None:
+        """The entry is current (304, an origin that is down, another process's fill)."""
+        self.land()
+        self._settle(lambda retry: self.cache.open_entry(entry, self.path, retry))
+
+    def direct(self, body: IBody | None, source: Source, why: str) -> None:
+        """The file cannot be cached: each waiter streams it from the origin (the
+        first one the body already asked for)."""
+        self.land()
+        bodies = [body] if body is not None else []
+
+        def stream(retry: bool) -> IReader:
+            self.cache.not_cached(self.key, why)
+            return bodies.pop() if bodies else Detour(source, 0)
+        self._settle(stream)
+        for left in bodies:
+            left.close()
+
+    def retry(self) -> None:
+        """The other process's fill ended before an answer: ask again, once."""
+        self.land()
+        self._settle(lambda retry: self.cache.serve(self.path, self.key, False) if retry
+                     else self.cache.uncached_reader(self.path, self.key, "the fill was given up"))
+
+    def refuse(self, error: errors.TFTPError) -> None:
+        self.land()
+        waiters, self._waiters = self._waiters, []
+        for d, _ in waiters:
             d.errback(Failure(error))
 
-    # -- the origin's answer ----------------------------------------------------
-    def start(self) -> None:
-        entry = self.entry
-        origin = self.cache.origin
-        if entry is None:
-            d = maybeDeferred(origin.fetch, self.path)
-        else:
-            d = maybeDeferred(origin.fetch, self.path, entry.etag, entry.last_modified)
-        d.addCallbacks(self._answered, self._refused)
-        d.addErrback(self._crashed)
-
-    def _answered(self, response: OriginResponse) -> None:
-        if response.status == 304 and self.entry is not None:
-            self.cache.land(self)
-            self.cache.store.revalidated(self.entry, response.etag, response.last_modified)
-            self._resolve(self.entry)
-            return
-        self._response = response
-        self._body = response.body
-        self.size = response.size
-        self.fd, self.tmp = self.cache.store.temporary(self.name[:16])
-        self.refs = 1
-        self.filling = True
-        self._resolve(self)
-        self._pull()
-
-    def _refused(self, failure: Failure) -> None:
-        self.cache.land(self)
-        error = failure.value if isinstance(failure.value, errors.TFTPError) else None
-        if error is None:
-            log.failure("fetching {key!r} failed", failure, key=self.key)
-            error = errors.TFTPError()
-        entry = self.entry
-        if entry is not None:
-            if type(error) is errors.TFTPError:
-                log.warn("{key!r}: origin unavailable, serving the cached copy", key=self.key)
-                self._resolve(entry)
-                return
-            self.cache.store.remove(entry)
-        self._reject(error)
-
-    def _crashed(self, failure: Failure) -> None:
-        log.failure("cache flight for {key!r} crashed", failure, key=self.key)
-        if self.filling:
-            self._fail(errors.TFTPError())
-            return
-        self.cache.land(self)
-        if self._body is not None:
-            self._body.close()
-        self._reject(errors.TFTPError())
-
-    # -- copying the body -------------------------------------------------------
-    def _pull(self) -> None:
-        body = self._body
-        while not self.done and body is not None:
+    def _settle(self, make: Callable[[bool], MaybeDeferred[IReader]]) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d, retry in waiters:
             try:
-                data = body.readsome(_CHUNK)
+                result = make(retry)
             except errors.TFTPError as e:
-                self._fail(e)
-                return
-            if isinstance(data, Deferred):
-                data.addCallbacks(self._arrived, self._broken)
-                data.addErrback(self._crashed)
-                return
-            self._store(data)
-
-    def _arrived(self, data: bytes) -> None:
-        self._store(data)
-        self._pull()
-
-    def _broken(self, failure: Failure) -> None:
-        error = failure.value if isinstance(failure.value, errors.TFTPError) else errors.TFTPError()
-        self._fail(error)
-
-    def _store(self, data: bytes) -> None:
-        if self.done:
-            return
-        if not data:
-            self._finish()
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.fd, view, self.written)
-                self.written += n
-                view = view[n:]
-        except OSError as e:
-            log.warn("{key!r}: cannot write the cache: {err}", key=self.key, err=e)
-            self._fail(errors.TFTPError())
-            return
-        self._hash.update(data)
-        self._wake()
-
-    def _finish(self) -> None:
-        response = self._response
-        if self.size is not None and self.written != self.size:
-            log.warn("{key!r}: got {n} of {size} bytes", key=self.key, n=self.written, size=self.size)
-            self._fail(errors.TFTPError())
-            return
-        self.size = self.written
-        self.done = True
-        self._wake()
-        store = self.cache.store
-        if self._body is None or not self._body.complete or response is None or self.tmp is None:
-            log.info("{key!r}: body of unknown length ended by a close; served, not cached", key=self.key)
-        elif self.written > store.max_size:
-            log.info("{key!r}: {n} bytes is more than the whole cache; served, not cached",
-                     key=self.key, n=self.written)
-        else:
-            # Latecomers keep joining this flight (reading the finished file)
-            # until the entry is in the index.
-            store.commit(self.key, self.fd, self.tmp, self.written, self._hash.hexdigest(), response.etag,
-                         response.last_modified).addCallback(self._committed)
-            return
-        self._committed(False)
-
-    def _committed(self, stored: bool) -> None:
-        if stored:
-            self.tmp = None  # renamed into place
-        self._discard()
-        self.cache.land(self)
-        self.release()
-
-    def _fail(self, error: errors.TFTPError) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.error = error
-        self.cache.land(self)
-        if self._body is not None:
-            self._body.close()
-        self._discard()
-        self._wake()
-        self.release()
-
-    def _discard(self) -> None:
-        if self.tmp is not None:
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
-            self.tmp = None
-
-    def _wake(self) -> None:
-        pending, self.pending = self.pending, []
-        for reader, n, d in pending:
-            if reader.closed:
+                d.errback(Failure(e))
                 continue
-            if reader.offset + n <= self.written or (self.done and self.error is None):
-                d.callback(reader.take(n))
-            elif self.error is not None:
-                d.errback(Failure(errors.TFTPError()))
+            if isinstance(result, Deferred):
+                result.chainDeferred(d)
             else:
-                self.pending.append((reader, n, d))
+                d.callback(result)
 
-    def reader(self) -> FillReader:
-        return FillReader(self)
+    def land(self) -> None:
+        """Take no more joiners: the next request starts afresh."""
+        if not self.landed:
+            self.landed = True
+            self.cache.landed(self)
 
-    def release(self) -> None:
-        self.refs -= 1
-        if self.refs == 0 and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-@implementer(IReader)
-class FillReader:
-    """Follows a flight's temporary file, waiting when it reaches the end of
-    what has been written so far."""
-
-    __slots__ = ("size", "offset", "closed", "_flight")
-
-    def __init__(self, flight: Flight) -> None:
-        self.size = flight.size
-        self.offset = 0
-        self.closed = False
-        self._flight = flight
-        flight.refs += 1
-
-    def read(self, n: int) -> MaybeDeferred[bytes]:
-        f = self._flight
-        if self.offset + n <= f.written or (f.done and f.error is None):
-            return self.take(n)
-        if f.error is not None:
-            raise errors.TFTPError()
-        d: Deferred[bytes] = Deferred()
-        f.pending.append((self, n, d))
-        return d
-
-    def take(self, n: int) -> bytes:
-        data = os.pread(self._flight.fd, n, self.offset)
-        self.offset += len(data)
-        return data
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._flight.release()
+    def stop(self) -> None:
+        if self.driver is not None:
+            self.driver.stop()

@@ -31,9 +31,10 @@ class IBody(IReader):
 
 @dataclass
 class OriginResponse:
-    #: 200, or 304 when a conditional fetch found the cached copy current.
+    #: 200; 304 when a conditional fetch found the cached copy current; 206
+    #: for the rest of a file; 416 when there was no rest.
     status: int
-    #: The body's length when announced, else None.
+    #: The body's length (what it will deliver) when announced, else None.
     size: int | None = None
     etag: str | None = None
     last_modified: str | None = None
@@ -59,3 +60,10 @@ class IOrigin(Interface):
         answer 304.  Fails with FileNotFound, AccessViolation or a plain
         TFTPError (already logged) when the origin cannot supply the file.
         """
+
+    def fetch_range(path: str, offset: int, size: int | None, etag: str | None = None,
+                    last_modified: str | None = None) -> Deferred[OriginResponse]:
+        """The rest of ``path`` from byte ``offset`` on (its body starts there),
+        provided the file is still the one ``size`` and the validators
+        describe; a plain TFTPError (logged) if it has changed.  416 with no
+        body when the file (of unknown size) ends before ``offset``."""

@@ -4,7 +4,9 @@ A TFTP path names a URL under the base.  Connections are pooled and kept
 alive; the headers must arrive within ``timeout`` (well inside a PXE ROM's
 patience for the first packet), and the body streams through a
 :class:`~txfbtftp._backends.http.body.BodyStream`.  Stopping closes the
-pool's connections.
+pool's connections.  A download that must go on from a byte offset (a
+cache that cannot keep what it was writing) asks for the rest with a Range
+request guarded by If-Range.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 #: Characters a path segment may carry unencoded (RFC 3986 pchar, less ``;``,
 #: which some servers take for parameters).
 _SEGMENT_SAFE = "!$&'()*+,=:@"
+#: ``Content-Range: bytes FIRST-LAST/TOTAL`` (TOTAL may be ``*``).
+_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 
 
 def relative(path: str) -> str:
@@ -122,28 +126,42 @@ class HTTPOrigin:
     def fetch(self, path: str, etag: str | None = None,
               last_modified: str | None = None) -> Deferred[OriginResponse]:
         url = self.url(path)
-        headers: dict[str | bytes, list[str | bytes]] = {b"User-Agent": [b"txfbtftp"]}
+        headers: dict[str | bytes, list[str | bytes]] = {}
         if etag is not None:
             headers[b"If-None-Match"] = [etag.encode("latin-1")]
         if last_modified is not None:
             headers[b"If-Modified-Since"] = [last_modified.encode("latin-1")]
+        return self._get(url, headers).addCallbacks(self._answered, self._failed,
+                                                    callbackArgs=(url, etag or last_modified), errbackArgs=(url,))
+
+    def fetch_range(self, path: str, offset: int, size: int | None, etag: str | None = None,
+                    last_modified: str | None = None) -> Deferred[OriginResponse]:
+        """The rest of ``path`` from byte ``offset``, provided it is still the
+        file ``etag``, ``last_modified`` and ``size`` describe (If-Range: an
+        origin whose file changed answers with all of the new one, which is
+        refused).  An origin without ranges answers 200: its body's first
+        ``offset`` bytes are dropped as they arrive."""
+        url = self.url(path)
+        headers: dict[str | bytes, list[str | bytes]] = {b"Range": [b"bytes=%d-" % offset]}
+        if etag is not None and not etag.startswith("W/"):  # If-Range takes strong validators only
+            headers[b"If-Range"] = [etag.encode("latin-1")]
+        elif last_modified is not None:
+            headers[b"If-Range"] = [last_modified.encode("latin-1")]
+        return self._get(url, headers).addCallbacks(
+            self._ranged, self._failed, callbackArgs=(url, offset, size, etag, last_modified), errbackArgs=(url,))
+
+    def _get(self, url: str, headers: dict[str | bytes, list[str | bytes]]) -> Deferred[IResponse]:
+        """The response's headers within ``timeout``; a timeout cancels (CancelledError)."""
+        headers[b"User-Agent"] = [b"txfbtftp"]
         d = self._client.get(url, headers=headers, unbuffered=True, reactor=cast("_ITreqReactor", self._reactor))
-        timed_out: list[bool] = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            d.cancel()
-
-        timer = self._reactor.callLater(self.timeout, expire)
+        timer = self._reactor.callLater(self.timeout, d.cancel)
 
         def stop_timer(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
             return result
 
-        d.addBoth(stop_timer)
-        return d.addCallbacks(self._answered, self._failed, callbackArgs=(url, etag or last_modified),
-                              errbackArgs=(url, timed_out))
+        return d.addBoth(stop_timer)
 
     def _answered(self, response: IResponse, url: str, conditional: str | None) -> OriginResponse:
         code = response.code
@@ -165,12 +183,46 @@ class HTTPOrigin:
         log.warn("{url}: HTTP {code}", url=url, code=code)
         raise errors.TFTPError()
 
-    def _failed(self, failure: Failure, url: str, timed_out: list[bool]) -> OriginResponse:
-        if timed_out or failure.check(CancelledError):
+    def _ranged(self, response: IResponse, url: str, offset: int, size: int | None, etag: str | None,
+                last_modified: str | None) -> OriginResponse:
+        code = response.code
+        their_etag = _header(response, b"etag")
+        their_modified = _header(response, b"last-modified")
+        length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+        if code == 206:
+            match = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
+            same = (match is not None and int(match.group(1)) == offset
+                    and (size is None or match.group(3) in ("*", str(size)))
+                    and (etag is None or their_etag is None or _weak(their_etag) == _weak(etag)))
+            skip = 0
+        elif code == 200:
+            same = (size is None or length in (None, size)) and (
+                their_etag == etag if etag is not None else last_modified is None or their_modified == last_modified)
+            skip = offset
+        elif code == 416 and size is None:
+            response.deliverBody(Discard())
+            return OriginResponse(416, 0, their_etag, their_modified)  # past the end: nothing more
+        else:
+            return self._answered(response, url, None)
+        if not same:
+            response.deliverBody(Discard())
+            log.warn("{url}: changed on the origin during a download", url=url)
+            raise errors.TFTPError()
+        body = BodyStream(self._reactor, url, length, self.stall_timeout, self.high_water, skip)
+        response.deliverBody(body)
+        body.settle()
+        return OriginResponse(code, body.size, their_etag, their_modified, body)
+
+    def _failed(self, failure: Failure, url: str) -> OriginResponse:
+        if failure.check(CancelledError):
             log.warn("{url}: no answer within {timeout}s", url=url, timeout=self.timeout)
         else:
             log.warn("{url}: {why}", url=url, why=reason(failure))
         raise errors.TFTPError()
+
+
+def _weak(etag: str) -> str:
+    return etag[2:] if etag.startswith("W/") else etag
 
 
 def _header(response: IResponse, name: bytes) -> str | None:

@@ -1,329 +1,310 @@
-"""The cache's directory: bodies, their metadata, the index and eviction.
+"""The cache's directory, shared by every process that serves from it.
 
-For each entry the directory holds ``<h>.json`` (metadata, written last: its
-rename is the commit) and ``<h>.<token>.data`` (the body, renamed into place
-first; a new token per fetch, so replacing an entry is one rename and old
-readers keep the old file through their descriptor), where ``<h>`` is the
-SHA-256 of the origin's key for the path.  Bodies in progress live in
-``tmp/``, which start-up clears.  The metadata holds the key, size, SHA-256,
-ETag, Last-Modified and the time of the last validation; start-up rebuilds
-the index from it, drops entries whose body is missing or of the wrong size,
-and each entry's SHA-256 is checked on its first use (in a thread) before it
-is served.  The total size is kept under ``max_size`` by evicting the least
-recently used entries that nobody is reading.
+The directory holds ``index.json`` (:mod:`~txfbtftp._backends.http.index`:
+the entries and the fills in progress), the bodies ``<h>.<token>.data``
+(``<h>`` the SHA-256 of the origin's key for the path; a new token per
+fetch, so replacing an entry is a rename and old readers keep the old file
+through their descriptor), the fills' temporary files under ``tmp/``, and
+the ``lock`` and ``users`` files (:mod:`~txfbtftp._backends.http.locks`).
+
+Every change is one transaction on the index under the directory lock:
+claiming a fill (its temporary file is created and locked in the same
+transaction, so the index names it from the moment it exists until it is
+committed or given up), setting room aside for it (evicting first,
+:mod:`~txfbtftp._backends.http.space`), committing it (synced in a thread
+first, then renamed into place), giving it up, revalidating, removing.
+
+Start-up removes only what no live process holds: temporary files nobody
+has locked, and bodies the index does not name.  A fill whose filler died
+is left to the processes following it, which take it over, unless the
+process starting is alone (no other holds ``users``): then it is removed,
+and each entry's SHA-256 is checked in the background
+(:mod:`~txfbtftp._backends.http.verify`).  Entries are served at once:
+a body whose size or modification time is not the one recorded is dropped
+at start-up (a write changes the time at least), and silent damage, which
+changes neither, is what the background check is for.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import dataclasses
+import errno
 import os
 import secrets
 import tempfile
 import time
-from collections import OrderedDict
-from typing import Any
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from txfbtftp._backends.fs import FileReader, FilesystemBackend
-from txfbtftp._interfaces import IReader
+from txfbtftp._backends.http import space
+from txfbtftp._backends.http.index import Entry, Fill, Index
+from txfbtftp._backends.http.locks import DirectoryLock, share, try_lock, unlock
+from txfbtftp._backends.http.verify import Verifier, sha256_of
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 from txfbtftp._types import IHTTPReactor
 
-_VERSION = 1
+@dataclass
+class Claim:
+    """A fill's temporary file, opened: ours to fill (``mine``, its lock
+    held: a new one, or one whose filler is gone) or another process's."""
 
-
-def entry_name(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class Entry:
-    """A complete body on disk and what is known about it."""
-
-    __slots__ = ("key", "name", "data", "size", "sha256", "etag", "last_modified", "validated",
-                 "verified", "readers", "checking")
-
-    def __init__(self, key: str, data: str, size: int, sha256: str, etag: str | None,
-                 last_modified: str | None, validated: float, verified: bool) -> None:
-        self.key = key
-        self.name = entry_name(key)
-        self.data = data
-        self.size = size
-        self.sha256 = sha256
-        self.etag = etag
-        self.last_modified = last_modified
-        self.validated = validated
-        self.verified = verified
-        self.readers = 0
-        self.checking: list[Deferred[bool]] | None = None
-
-    def meta(self) -> dict[str, Any]:
-        return {"version": _VERSION, "key": self.key, "data": self.data, "size": self.size,
-                "sha256": self.sha256, "etag": self.etag, "last_modified": self.last_modified,
-                "validated": self.validated}
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Entry:
-        if meta.get("version") != _VERSION:
-            raise ValueError("unknown version")
-        entry = cls(str(meta["key"]), str(meta["data"]), int(meta["size"]), str(meta["sha256"]),
-                    meta.get("etag"), meta.get("last_modified"), float(meta["validated"]), False)
-        if not entry.data.startswith(entry.name + ".") or "/" in entry.data:
-            raise ValueError("metadata does not match its name")
-        return entry
-
-
-@implementer(IReader)
-class EntryReader:
-    """A hit: a file reader, counted so eviction spares the entry."""
-
-    __slots__ = ("size", "read", "_reader", "_entry")
-
-    def __init__(self, reader: FileReader, entry: Entry) -> None:
-        self.size = reader.size
-        self.read = reader.read
-        self._reader = reader
-        self._entry: Entry | None = entry
-        entry.readers += 1
-
-    def close(self) -> None:
-        if self._entry is not None:
-            self._entry.readers -= 1
-            self._entry = None
-            self._reader.close()
+    fd: int
+    part: str
+    fill: Fill
+    mine: bool
 
 
 class CacheStore:
-    """The entries of one directory, least recently used first."""
+    """One directory's entries and fills, as every process sees them."""
 
     def __init__(self, directory: str, reactor: IHTTPReactor, max_size: int,
                  clock: Callable[[], float]) -> None:
         self.directory = os.path.realpath(directory)
         self.max_size = max_size
-        self.used = 0
+        self.cold = False
         self._reactor = reactor
         self._clock = clock
         self._tmp = os.path.join(self.directory, "tmp")
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
-        self._committing: set[str] = set()
+        self.lock = DirectoryLock(os.path.join(self.directory, "lock"))
+        self.index = Index(os.path.join(self.directory, "index.json"), self.lock)
+        self.verifier = Verifier(self, reactor)
         self._files = FilesystemBackend(self.directory)
+        self._users = -1
 
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    # -- start and stop -------------------------------------------------------------
     def load(self) -> None:
-        """Create the directory if need be, clear ``tmp/`` and rebuild the index."""
+        """Create the directory if need be, join its users, tidy what nobody holds."""
         os.makedirs(self._tmp, exist_ok=True)
         self._files.start()
-        for name in os.listdir(self._tmp):
-            os.unlink(os.path.join(self._tmp, name))
-        names = os.listdir(self.directory)
-        found: list[tuple[float, Entry]] = []
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            try:
-                entry, atime = self._read_meta(name)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warn("cache: dropping {name}: {err}", name=name, err=e)
-                self._unlink(name)
-                continue
-            found.append((atime, entry))
-        found.sort(key=lambda item: item[0])
-        for _, entry in found:
-            self._entries[entry.name] = entry
-            self.used += entry.size
-        referenced = {e.data for e in self._entries.values()}
-        for name in names:
-            if name.endswith(".data") and name not in referenced:
-                os.unlink(os.path.join(self.directory, name))
-        self._evict()
-        log.info("cache {dir}: {n} entries, {used} bytes", dir=self.directory, n=len(self._entries), used=self.used)
+        self.lock.open()
+        self._users = os.open(self.path("users"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.cold = try_lock(self._users)
+        share(self._users)
+        ix = self.index
+        try:
+            with ix.update():
+                space.tidy(self, ix, self.cold)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.warn("cache {dir}: cannot tidy it now: {err}", dir=self.directory, err=e)  # served all the same
+        log.info("cache {dir}: {n} entries, {used} bytes{cold}", dir=self.directory, n=len(ix.entries),
+                 used=self.used, cold="" if self.cold else " (shared with a running server)")
+        if self.cold:
+            self.verifier.start(space.by_use(self, ix.entries.values())[::-1])
 
-    def _read_meta(self, name: str) -> tuple[Entry, float]:
-        with open(os.path.join(self.directory, name), encoding="utf-8") as f:
-            entry = Entry.from_meta(json.load(f))
-        if name != entry.name + ".json":
-            raise ValueError("metadata does not match its name")
-        st = os.stat(os.path.join(self.directory, entry.data))
-        if st.st_size != entry.size:
-            raise ValueError("%d bytes on disk, %d expected" % (st.st_size, entry.size))
-        return entry, st.st_atime
+    def close(self) -> Deferred[None]:
+        """Stop checking, and leave the directory to its other users."""
+        def closed(result: object) -> None:
+            self.lock.close()
+            if self._users >= 0:
+                os.close(self._users)
+                self._users = -1
+        return self.verifier.stop().addBoth(closed)
+
+    # -- entries --------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        """The bytes the entries hold."""
+        self.index.refresh()
+        return sum(e.size for e in self.index.entries.values())
 
     def get(self, name: str) -> Entry | None:
-        return self._entries.get(name)
+        self.index.refresh()
+        return self.index.entries.get(name)
 
     def keys(self) -> list[str]:
         """The cached keys, least recently used first."""
-        return [e.key for e in self._entries.values()]
+        self.index.refresh()
+        return [e.key for e in space.by_use(self, self.index.entries.values())]
 
-    def temporary(self, prefix: str) -> tuple[int, str]:
-        """A new file in ``tmp/`` for a body in progress: ``(fd, path)``."""
-        return tempfile.mkstemp(prefix=prefix + ".", dir=self._tmp)
-
-    def open(self, entry: Entry) -> EntryReader | None:
-        """A reader of ``entry``, or None (and the entry dropped) if its body is damaged."""
+    def open(self, entry: Entry) -> FileReader | None:
+        """A reader of ``entry`` (read as the filesystem backend reads, its shared
+        descriptor locked shared), or None: gone meanwhile, or damaged (dropped)."""
         try:
             reader: FileReader | None = self._files.open(entry.data)
         except errors.TFTPError:
             reader = None
-        if reader is None or reader.size != entry.size:
-            log.warn("cache: {key!r} is damaged on disk; fetching it again", key=entry.key)
-            if reader is not None:
-                reader.close()
-            self.remove(entry)
-            return None
-        self._entries.move_to_end(entry.name)
-        self._touch(entry)
-        return EntryReader(reader, entry)
+        if reader is not None and reader.size == entry.size:
+            share(reader.fileno())
+            self.touch(entry.data)
+            return reader
+        if reader is not None:
+            reader.close()
+        with contextlib.suppress(OSError), self.index.update() as ix:
+            if ix.entries.get(entry.name) == entry:  # still the truth: the body is damaged
+                log.warn("cache: {key!r} is damaged on disk; fetching it again", key=entry.key)
+                self._drop(ix, entry)
+        return None
 
-    def _touch(self, entry: Entry) -> None:
-        """Record the use in the body's access time: the LRU order start-up
-        restores (set explicitly, whatever the mount's atime policy)."""
-        path = os.path.join(self.directory, entry.data)
-        try:
+    def touch(self, data: str) -> None:
+        """Record a use in the body's access time: the order eviction follows,
+        in every process (set explicitly, whatever the mount's atime policy)."""
+        path = self.path(data)
+        with contextlib.suppress(OSError):
             os.utime(path, ns=(time.time_ns(), os.stat(path).st_mtime_ns))
-        except OSError:
-            pass
-
-    def verify(self, entry: Entry) -> Deferred[bool]:
-        """Fires True if the body still has its SHA-256 (checked once per run)."""
-        d: Deferred[bool] = Deferred()
-        if entry.checking is not None:
-            entry.checking.append(d)
-            return d
-        entry.checking = [d]
-        path = os.path.join(self.directory, entry.data)
-
-        def check() -> bool:
-            try:
-                return _sha256_of(path) == entry.sha256
-            except OSError:
-                return False
-
-        def done(ok: object) -> None:
-            good = ok is True
-            waiters, entry.checking = entry.checking or [], None
-            if good:
-                entry.verified = True
-            elif self._entries.get(entry.name) is entry:
-                log.warn("cache: {key!r} fails its checksum; fetching it again", key=entry.key)
-                self.remove(entry)
-            for w in waiters:
-                w.callback(good)
-
-        deferToThreadPool(self._reactor, self._reactor.getThreadPool(), check).addBoth(done)
-        return d
-
-    def revalidated(self, entry: Entry, etag: str | None, last_modified: str | None) -> None:
-        """The origin says ``entry`` is current (304)."""
-        entry.validated = self._clock()
-        if etag is not None:
-            entry.etag = etag
-        if last_modified is not None:
-            entry.last_modified = last_modified
-        if self._entries.get(entry.name) is entry:
-            try:
-                self._write_meta(entry, durable=False)
-            except OSError as e:
-                log.warn("cache: cannot update {key!r}: {err}", key=entry.key, err=e)
-
-    def commit(self, key: str, fd: int, tmp: str, size: int, sha256: str, etag: str | None,
-               last_modified: str | None) -> Deferred[bool]:
-        """Make the complete body in ``tmp`` an entry (``tmp`` is renamed).  The
-        syncing is done in a thread: an fsync of a large file would stall
-        every session.  Fires with whether the entry was stored (a failure is
-        logged)."""
-        name = entry_name(key)
-        data = "%s.%s.data" % (name, secrets.token_hex(6))
-        entry = Entry(key, data, size, sha256, etag, last_modified, self._clock(), True)
-        final = os.path.join(self.directory, data)
-        self._committing.add(name)
-
-        def store() -> None:
-            os.fsync(fd)
-            os.rename(tmp, final)
-            try:
-                self._write_meta(entry, durable=True)
-            except OSError:
-                os.unlink(final)
-                raise
-
-        def stored(_: object) -> bool:
-            old = self._entries.pop(name, None)
-            if old is not None:
-                self.used -= old.size
-                self._unlink(old.data)
-            self._entries[name] = entry
-            self.used += entry.size
-            self._evict()
-            return True
-
-        def failed(failure: Failure) -> bool:
-            log.warn("cache: cannot store {key!r}: {err}", key=key, err=failure.getErrorMessage())
-            return False
-
-        def finished(result: object) -> object:
-            self._committing.discard(name)
-            return result
-
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), store)
-        return d.addBoth(finished).addCallbacks(stored, failed)
-
-    def _write_meta(self, entry: Entry, durable: bool) -> None:
-        fd, tmp = tempfile.mkstemp(suffix=".json", dir=self._tmp)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry.meta(), f)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(self.directory, entry.name + ".json"))
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        if durable:
-            _fsync_dir(self.directory)
-
-    def _evict(self) -> None:
-        if self.used <= self.max_size:
-            return
-        for entry in list(self._entries.values()):
-            if self.used <= self.max_size:
-                break
-            if entry.readers == 0:
-                log.info("cache: evicting {key!r} ({size} bytes)", key=entry.key, size=entry.size)
-                self.remove(entry)
 
     def remove(self, entry: Entry) -> None:
-        if self._entries.get(entry.name) is not entry:
-            return
-        del self._entries[entry.name]
-        self.used -= entry.size
-        if entry.name not in self._committing:  # else a new one is being written
-            self._unlink(entry.name + ".json")
-        self._unlink(entry.data)
+        """Drop ``entry`` if the index still has its body (404 from the origin, a failed check)."""
+        with self.index.update() as ix:
+            now = ix.entries.get(entry.name)
+            if now is not None and now.data == entry.data:
+                self._drop(ix, now)
 
-    def _unlink(self, name: str) -> None:
+    def _drop(self, ix: Index, entry: Entry) -> None:
+        del ix.entries[entry.name]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(entry.data))
+
+    # -- fills ----------------------------------------------------------------------
+    def claim(self, key: str, name: str, fresh: Callable[[Entry], bool]) -> Entry | Claim:
+        """A fresh entry that appeared meanwhile, or the fill of ``name``: another
+        process's to follow, or ours (a new one, or one whose filler is gone)."""
+        fd, path = -1, ""
         try:
-            os.unlink(os.path.join(self.directory, name))
+            with self.index.update() as ix:
+                entry = ix.entries.get(name)
+                if entry is not None and fresh(entry):
+                    return entry
+                fill = ix.fills.get(name)
+                if fill is not None:
+                    fd = self._open_part(fill.part)
+                    if fd >= 0:
+                        return Claim(fd, fill.part, fill, try_lock(fd))
+                    del ix.fills[name]
+                fd, path = tempfile.mkstemp(prefix=name[:16] + ".", suffix=".part", dir=self._tmp)
+                try_lock(fd)  # a new file: nobody else holds it
+                part = os.path.relpath(path, self.directory)
+                fill = ix.fills[name] = Fill(key, part)
+        except BaseException:
+            if path:  # the index does not name it
+                os.close(fd)
+                os.unlink(path)
+            raise
+        return Claim(fd, part, fill, True)
+
+    def _open_part(self, part: str) -> int:
+        try:
+            return os.open(self.path(part), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            pass
+            return -1
+
+    def follow(self, name: str, fd: int, part: str) -> Fill | Entry | None:
+        """What became of the fill another process was making in ``part``: still
+        under way (its record), complete (the entry, now in ``fd``'s file), or
+        given up (None).  Read from the index as last written."""
+        self.index.refresh()
+        return self._fate(self.index, name, fd, part)
+
+    def take_over(self, name: str, fd: int, part: str) -> Fill | Entry | None:
+        """Called holding ``fd``'s lock, which a live filler never lets go while
+        its record stands: the record (the fill is ours now), the entry it
+        became, or None.  The lock is kept only for a fill; shared for an entry."""
+        with self.index.update() as ix:
+            fate = self._fate(ix, name, fd, part)
+        if isinstance(fate, Entry):
+            share(fd)
+        elif fate is None:
+            unlock(fd)
+        return fate
+
+    def _fate(self, ix: Index, name: str, fd: int, part: str) -> Fill | Entry | None:
+        mine = os.fstat(fd).st_ino
+        fill = ix.fills.get(name)
+        if fill is not None and fill.part == part and _inode(self.path(part)) == mine:
+            return fill
+        entry = ix.entries.get(name)
+        if entry is not None and _inode(self.path(entry.data)) == mine:
+            return entry
+        return None
+
+    def reserve(self, name: str, part: str, size: int, length: int | None, etag: str | None,
+                last_modified: str | None) -> bool:
+        """Set ``size`` bytes aside for the fill in ``part`` (evicting first if
+        the cache or the disk is short of them), recording the origin's answer
+        for the processes following; False if they cannot be had."""
+        with self.index.update() as ix:
+            fill = ix.fills.get(name)
+            if fill is None or fill.part != part or not space.make_room(self, ix, name, size):
+                return False
+            ix.fills[name] = dataclasses.replace(fill, size=size, answered=True, length=length, etag=etag,
+                                                 last_modified=last_modified)
+        return True
+
+    def commit(self, key: str, name: str, fd: int, part: str, size: int, sha256: str | None,
+               etag: str | None, last_modified: str | None) -> Deferred[bool]:
+        """Make the complete body in ``part`` an entry.  Syncing (and hashing a
+        body that was taken over midway) is done in a thread: an fsync of a
+        large file would stall every session.  Fires with whether the entry
+        was stored (a failure is logged and the fill given up)."""
+        def sync() -> str:
+            os.fsync(fd)
+            return sha256 or sha256_of(self.path(part))
+
+        def store(digest: str) -> bool:
+            data = "%s.%s.data" % (name, secrets.token_hex(6))
+            old = None
+            with self.index.update() as ix:
+                fill = ix.fills.get(name)
+                if fill is None or fill.part != part:
+                    raise OSError("the fill was removed meanwhile")
+                os.rename(self.path(part), self.path(data))
+                try:
+                    old = ix.entries.get(name)
+                    ix.entries[name] = Entry(key, name, data, size, digest, etag, last_modified, self._clock(),
+                                             os.fstat(fd).st_mtime_ns)
+                    del ix.fills[name]
+                except BaseException:
+                    os.rename(self.path(data), self.path(part))
+                    raise
+            if old is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(old.data))
+            share(fd)  # this process's readers still read it: not to be evicted
+            self.touch(data)
+            return True
+
+        def failed(failure: object) -> bool:
+            log.warn("cache: cannot store {key!r}: {err}", key=key, err=getattr(failure, "value", failure))
+            self.give_up(name, part)
+            return False
+
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sync)
+        return d.addCallback(store).addErrback(failed)
+
+    def give_up(self, name: str, part: str, revalidated: dict[str, str | None] | None = None) -> Entry | None:
+        """End the fill in ``part`` without an entry: its file goes (readers keep
+        theirs) and so does its record.  With ``revalidated`` (the origin said
+        304: its ``etag`` and ``last_modified``) the entry is marked current.
+        The entry, if there is one."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(part))
+        try:
+            with self.index.update() as ix:
+                fill = ix.fills.get(name)
+                if fill is not None and fill.part == part:
+                    del ix.fills[name]
+                entry = ix.entries.get(name)
+                if entry is not None and revalidated is not None:
+                    entry = ix.entries[name] = dataclasses.replace(
+                        entry, validated=self._clock(), etag=revalidated.get("etag") or entry.etag,
+                        last_modified=revalidated.get("last_modified") or entry.last_modified)
+                return entry
+        except OSError as e:
+            log.warn("cache: cannot update the index: {err}", err=e)
+            return self.index.entries.get(name)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None

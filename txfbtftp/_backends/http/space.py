@@ -1,0 +1,147 @@
+"""Room in the cache directory: eviction before writing, and start-up's tidying.
+
+All of it runs under the directory lock, on the index as every process
+sees it, so ``max_size`` holds for the directory whatever the number of
+processes.  A fill sets its bytes aside when the origin answers (its
+``Content-Length``; without one, step by step as it grows): the entries,
+plus what every fill in progress has set aside, must stay within
+``max_size``, and the disk (``statvfs``) must have room for what the fills
+have still to write and a margin.  When either is short, the least recently
+used entries (by their bodies' access times, which every process sets on
+each use) go first, skipping any body a process is reading: readers hold it
+locked shared, and eviction only takes a body it can lock exclusively
+without waiting.  When that is not enough, the fill is not cached.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from txfbtftp._backends.http.index import Entry, Index
+from txfbtftp._backends.http.locks import try_lock
+from txfbtftp._observe.logs import log
+
+if TYPE_CHECKING:
+    from txfbtftp._backends.http.store import CacheStore
+
+#: Kept free on the disk beyond what the fills will write: the index's rewrites need it.
+MARGIN = 1 << 20
+
+
+def by_use(store: CacheStore, entries: Iterable[Entry]) -> list[Entry]:
+    """``entries``, least recently used first."""
+    def used(entry: Entry) -> int:
+        try:
+            return os.stat(store.path(entry.data)).st_atime_ns
+        except OSError:
+            return 0
+    return sorted(entries, key=used)
+
+
+def make_room(store: CacheStore, ix: Index, name: str, size: int) -> bool:
+    """Whether the fill ``name`` can have ``size`` bytes, evicting as need be."""
+    if size > store.max_size:
+        return False
+    deficit = _short(store, ix, name, size)
+    if deficit <= 0:
+        return True
+    for entry in by_use(store, list(ix.entries.values())):
+        if evict(store, ix, entry):
+            deficit = _short(store, ix, name, size)
+            if deficit <= 0:
+                return True
+    return False
+
+
+def _short(store: CacheStore, ix: Index, name: str, size: int) -> int:
+    """How many bytes are missing, in the cache or on the disk, for ``size`` more."""
+    kept = sum(e.size for e in ix.entries.values())
+    to_write = size - _written(store, ix.fills.get(name))
+    for other, fill in ix.fills.items():
+        if other != name and fill.size:
+            kept += fill.size
+            to_write += max(0, fill.size - _written(store, fill))
+    st = os.statvfs(store.directory)
+    return max(kept + size - store.max_size, to_write + MARGIN - st.f_bavail * st.f_frsize)
+
+
+def _written(store: CacheStore, fill: object) -> int:
+    part = getattr(fill, "part", None)
+    try:
+        return os.stat(store.path(part)).st_size if part else 0
+    except OSError:
+        return 0
+
+
+def evict(store: CacheStore, ix: Index, entry: Entry) -> bool:
+    """Remove ``entry`` unless a process is reading it."""
+    try:
+        fd = os.open(store.path(entry.data), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        del ix.entries[entry.name]
+        return True
+    try:
+        if not try_lock(fd):
+            return False
+        log.info("cache: evicting {key!r} ({size} bytes)", key=entry.key, size=entry.size)
+        os.unlink(store.path(entry.data))
+        del ix.entries[entry.name]
+        return True
+    finally:
+        os.close(fd)
+
+
+def tidy(store: CacheStore, ix: Index, cold: bool) -> None:
+    """At start-up: drop the entries whose body is missing or not as stored,
+    and remove the files no live process holds (on a cold start, the fills
+    of dead processes too; otherwise those are left to be taken over)."""
+    for entry in list(ix.entries.values()):
+        try:
+            st = os.stat(store.path(entry.data))
+        except OSError:
+            log.warn("cache: dropping {key!r}: its body is missing", key=entry.key)
+            del ix.entries[entry.name]
+            continue
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            log.warn("cache: dropping {key!r}: its body changed on disk", key=entry.key)
+            _remove(store, entry.data)
+            del ix.entries[entry.name]
+    kept = set()
+    for name, fill in list(ix.fills.items()):
+        if not cold and os.path.exists(store.path(fill.part)):
+            kept.add(fill.part)
+        elif _remove(store, fill.part) or not os.path.exists(store.path(fill.part)):
+            del ix.fills[name]
+        else:
+            kept.add(fill.part)
+    for name in os.listdir(store.path("tmp")):
+        if "tmp/" + name not in kept:
+            _remove(store, "tmp/" + name)
+    referenced = {e.data for e in ix.entries.values()}
+    for name in os.listdir(store.directory):
+        if (name.endswith(".data") and name not in referenced) or _old_meta(name):
+            _remove(store, name)
+
+
+def _old_meta(name: str) -> bool:
+    """0.1's per-entry metadata (``<sha256>.json``)."""
+    stem, _, ext = name.partition(".")
+    return ext == "json" and len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)
+
+
+def _remove(store: CacheStore, name: str) -> bool:
+    """Unlink ``name`` if no process holds it locked; whether it was."""
+    try:
+        fd = os.open(store.path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if not try_lock(fd):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(store.path(name))
+        return True
+    finally:
+        os.close(fd)
