@@ -25,7 +25,7 @@ from txfbtftp._protocol.paths import normalize
 from txfbtftp._protocol import errors
 from txfbtftp.testing import MemoryServer
 
-from . import processes
+from . import concurrency, processes
 from .namespaces import in_ns, pair
 from .processes import TWISTD
 from .rawclient import listen, rest
@@ -328,7 +328,7 @@ def test_a_rule_file_is_read_at_start_and_on_reload(tmp_path):
 # -- over real UDP, between network namespaces -------------------------------------------
 
 SERVER, SERVER6 = "10.78.0.1", "fd78::1"
-PORT, SINGLE_PORT, GUARDED_PORT = 69, 1069, 2069
+PORT, SINGLE_PORT, GUARDED_PORT, WORKERS_PORT = 69, 1069, 2069, 3069
 SOURCES = ["10.78.0.%d" % n for n in range(10, 16)]
 SOURCES6 = ["fd78::%d" % n for n in range(10, 13)]
 OUTSIDER = "10.78.0.200"
@@ -359,10 +359,15 @@ def net(tmp_path_factory):
                              "--allow", "10.78.0.0/25", "--deny", "10.78.0.11", "--allow", "fd78::/64",
                              "--deny", "fd78::11", "--allow-write", "10.78.0.12", "--allow-write", "fd78::12",
                              "--access", str(rules), "--metrics", "tcp:9469:interface=127.0.0.1")
+            counts = root.parent / "counts"
+            twistd("--port", str(WORKERS_PORT), "--interface", SERVER, "--workers", "2",
+                   "--max-sessions-per-client", "1",
+                   "--backend", "python:%s:counting:%s" % (os.path.join(HERE, "concurrency.py"), counts))
             for server in servers:
                 server.ready()
+            servers[-1].ready(count=2)
             yield dict(root=root, rules=rules, client=client_ns, server=server_ns, amp=amp, single=single,
-                       guarded=guarded)
+                       guarded=guarded, counts=counts)
         finally:
             for server in servers:
                 server.stop()
@@ -397,15 +402,15 @@ def test_amplification_over_the_wire_in_single_port_mode(net):
     assert spoofed["received"] <= 128 * 1024  # one capped window, once: not 4 MB six times
 
 
-def attempts(net, *specs):
+def attempts(net, *specs, port=GUARDED_PORT, expect=PXELINUX):
     argv = in_ns(net["client"], sys.executable, os.path.join(HERE, "netpeer.py"), "try",
-                 SERVER6 if all(":" in s.split(",")[0] for s in specs) else SERVER, GUARDED_PORT, *specs)
+                 SERVER6 if all(":" in s.split(",")[0] for s in specs) else SERVER, port, *specs)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     for spec, result in zip(specs, results, strict=True):
         if result[0] == "ok" and ",read," in spec:
-            assert result[1] == hashlib.sha256(PXELINUX).hexdigest()
+            assert result[1] == hashlib.sha256(expect).hexdigest()
     return [r[0] for r in results]
 
 
@@ -433,3 +438,12 @@ def test_access_rules_over_ipv4_and_ipv6_with_uploads_and_a_reload(net):
     net["guarded"].wait_for("access rules from %s (2 rules)" % net["rules"])
     assert attempts(net, "%s,read,pxelinux.0" % OUTSIDER, "10.78.0.10,read,pxelinux.0",
                     "10.78.0.13,read,pxelinux.0") == ["ok", "silent", "ok"]
+
+
+def test_limits_per_address_hold_across_workers(net):
+    """Each client address meets one process, so a per-client limit holds
+    for the whole server: with --max-sessions-per-client 1 and two workers,
+    five concurrent reads from one address are all served, one at a time."""
+    got = attempts(net, *["10.78.0.14,read,64.bin"] * 5, port=WORKERS_PORT, expect=concurrency.pattern(64))
+    assert got == ["ok"] * 5
+    assert concurrency.read_counts(net["counts"]) == (0, 1)

@@ -27,14 +27,14 @@ def build_backend(options: Options, reactor: IHTTPReactor) -> IBackend:
 
 
 def build_tftp(options: Options, reactor: IServerReactor, metrics: Metrics | None = None,
-               log_stats: bool = True, listeners: list[socket.socket] | None = None) -> TFTPService:
-    """The TFTP service alone, as the main process (which logs the statistics)
-    and every worker run it."""
+               log_stats: bool = True, listeners: list[socket.socket] | None = None, index: int = 0) -> TFTPService:
+    """The TFTP service alone, as the main process (``index`` 0, which logs
+    the statistics) and every worker run it, each with its part of the limits."""
     interval = options["stats-interval"]
     if listeners is None:
         listeners = [socket.socket(fileno=fd) for fd in options.get("listen-fds", ())]
     return TFTPService(build_backend(options, cast(IHTTPReactor, reactor)), reactor, options["port"],
-                       options["interfaces"], options["config"],
+                       options["interfaces"], options["config"].share(index, options["workers"]),
                        server_stats_callback=log_server_stats if interval and log_stats else None,
                        stats_interval=interval, metrics=metrics, listeners=listeners,
                        access=options.access_rules())

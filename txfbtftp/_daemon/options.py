@@ -307,6 +307,11 @@ def _server_config(o: Options) -> ServerConfig:
         raise usage.UsageError("--queue-wait must be positive")
     if not 1 <= o["workers"] <= 256:
         raise usage.UsageError("--workers must be within 1..256")
+    workers = o["workers"]
+    for name, total in (("max-sessions", o["max-sessions"]), ("max-queue", o["max-queue"]),
+                        ("port-range", prange[1] - prange[0] + 1 if prange else 0)):
+        if 0 < total < workers:
+            raise usage.UsageError("--%s is shared by the --workers: give at least %d" % (name, workers))
     if not 0 <= o["shutdown-grace"] <= 3600:
         raise usage.UsageError("--shutdown-grace must be within 0..3600 seconds")
     return ServerConfig(

@@ -1,9 +1,11 @@
 """The main process's side of ``--workers N``: N processes serving one port.
 
 Python serves one core.  With SO_REUSEPORT the kernel spreads requests over
-the sockets bound to a port, hashing the client's address and port, so a
-client's repeated requests (and, in single-port mode, all its packets)
-reach the same process.  Here the main process binds all N sockets of each
+the sockets bound to a port; a filter on the group sends each client
+address to one process (:mod:`txfbtftp._net.steer`), so the limits per
+client hold for the server as a whole, while the server-wide ones are
+divided among the processes (:meth:`~txfbtftp.ServerConfig.share`).  Here
+the main process binds all N sockets of each
 interface itself, while still privileged: first it checks that the port is
 free for an exclusive bind (so a second server on the port fails with
 "address already in use", as tftpd-hpa does, instead of joining the group),
@@ -41,6 +43,7 @@ from txfbtftp._daemon.launcher import Launcher
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.startup import EX_OSERR, StartupError
 from txfbtftp._net.listener import bind_listening_socket
+from txfbtftp._net.steer import steer_by_source
 from txfbtftp._observe.logs import log
 from txfbtftp._observe.records import SessionRecord
 from txfbtftp._server.service import TFTPService
@@ -105,6 +108,11 @@ class WorkerPool(Service):
             for share in shares:
                 share.append(bind_listening_socket(iface, port, reuse_port=True))
                 port = share[-1].getsockname()[1]  # port 0: the others join the first one's
+            try:
+                steer_by_source(shares[0][-1], self.count)
+            except OSError as e:
+                log.warn("cannot steer clients by address ({err}): limits per client are kept per process",
+                         err=e)
         self.tftp.listeners = shares[0]
         self.shares = dict(enumerate(shares[1:], 1))
 
@@ -136,6 +144,7 @@ class WorkerPool(Service):
         n = channel.number
         if "hello" in message:
             channel.pid = message["hello"]
+            log.info("worker {n} started (pid {pid})", n=n, pid=channel.pid)
         if "log" in message:
             level = LogLevel.levelWithName(message.get("level", "info"))
             log.emit(level, "worker {n}: {text}", n=n, text=message["log"])
@@ -158,12 +167,15 @@ class WorkerPool(Service):
         n = channel.number
         if self.channels.get(n) is channel:
             del self.channels[n]
-        self.stats.peers_active.pop(n, None)
+        lost = self.stats.peers_active.pop(n, 0)
         if not self.running:
             return
+        if lost:
+            self.stats.increment_counter("sessions_lost", lost)  # their records died with the worker
         up = self.reactor.seconds() - self._started.get(n, 0.0)
         delay = self._delay[n] = 0.0 if up > _STEADY else min(max(self._delay.get(n, 0.25), 0.25) * 2, 30.0)
-        log.warn("worker {n} exited; restarting it in {delay:g}s", n=n, delay=delay)
+        log.warn("worker {n} exited with {lost} transfers in flight; restarting it in {delay:g}s", n=n,
+                 lost=lost, delay=delay)
         self._pending[n] = self.reactor.callLater(delay, self._spawn, n)
 
     def signal(self, name: str) -> None:

@@ -96,7 +96,7 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel.send({"hello": os.getpid(), "worker": number})
     listeners = [socket.socket(fileno=fd) for fd in listen_fds]
-    svc = build_tftp(options, reactor, log_stats=False, listeners=listeners)
+    svc = build_tftp(options, reactor, log_stats=False, listeners=listeners, index=number)
     svc.stats.session_listeners.append(channel.record)
     try:
         svc.privilegedStartService()

@@ -137,6 +137,7 @@ class _ServerCollector:
     _TOTALS = (("sessions_started", "Requests accepted (sessions created)."),
                ("malformed_packets", "Undecodable requests and stray packets on the listening port."),
                ("requests_refused_busy", "Requests refused for want of a session socket."),
+               ("sessions_lost", "Transfers in flight in a worker process that died (--workers)."),
                ("requests_denied", "Requests ignored by the access rules."),
                ("requests_over_budget", "Requests dropped: their address has too many sessions that never answered."),
                ("packets_withheld", "Packets not sent: over the byte budget of an address that never answered."),

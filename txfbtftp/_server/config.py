@@ -1,6 +1,7 @@
 """Server-wide settings, as one immutable value."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from txfbtftp._protocol.options import Limits
@@ -48,3 +49,23 @@ class ServerConfig:
     #: second sent to them (0: no limit).
     max_unverified_per_source: int = 16
     unverified_bytes_per_second: int = 512 * 1024
+
+    def share(self, index: int, count: int) -> ServerConfig:
+        """Process ``index``'s part of the whole server's limits when ``count``
+        processes serve its port (``--workers``): the active sessions, the
+        queue and the port range are divided among them.  The limits per
+        client address stay whole: each address meets one process
+        (:mod:`txfbtftp._net.steer`)."""
+        if count == 1:
+            return self
+
+        def part(total: int) -> int:
+            return total // count + (1 if index < total % count else 0)
+
+        ports = self.port_range
+        if ports is not None:
+            size = ports[1] - ports[0] + 1
+            low = ports[0] + index * (size // count) + min(index, size % count)
+            ports = (low, low + part(size) - 1)
+        return dataclasses.replace(self, max_sessions=part(self.max_sessions), max_queue=part(self.max_queue),
+                                   port_range=ports)
