@@ -2,6 +2,7 @@
 watched through their log, stopped by signal; and a plain-socket TFTP client
 that can pause between blocks, for what happens while a transfer is in flight."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,28 @@ def free_port(host="127.0.0.1"):
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def free_ports(count, hosts=("::",)):
+    """``count`` consecutive UDP ports, free on every one of ``hosts`` (``::``:
+    both families), below the kernel's ephemeral range so no client socket
+    takes them meanwhile."""
+    for _ in range(100):
+        low = random.randrange(20000, 32000)
+        held = []
+        try:
+            for port in range(low, low + count):
+                for host in hosts:
+                    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+                    held.append(s)
+                    s.bind((host, port))
+            return low
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError("no free port range")
 
 
 class Server:

@@ -155,3 +155,33 @@ def test_expired_waiters_do_not_fill_the_queue():
     adm.offer(("b", 1), lambda: None, 0)
     adm.offer(("c", 1), lambda: None, 0)
     assert adm.offer(("d", 1), lambda: None, 100) is Verdict.QUEUED
+
+
+def test_a_request_put_back_waits_first_in_line_for_a_release():
+    """Admitted but unable to start (no port free): it waits at the head of
+    the line, nobody overtakes it, and the next release starts it."""
+    adm = Admission(max_sessions=4)
+    started = []
+    tries = {"b": 0}
+
+    def needs_a_port():
+        tries["b"] += 1
+        if tries["b"] == 1:
+            assert adm.put_back(("b", 1), needs_a_port, 0)
+        else:
+            started.append("b")
+
+    assert adm.offer(("a", 1), lambda: started.append("a"), 0) is Verdict.START
+    assert adm.offer(("b", 1), needs_a_port, 0) is Verdict.QUEUED
+    assert adm.offer(("c", 1), lambda: started.append("c"), 0) is Verdict.QUEUED
+    assert (started, adm.active, adm.queued) == (["a"], 1, 2)
+    adm.release("a", 1)
+    assert (started, adm.active, adm.queued) == (["a", "b", "c"], 2, 0)
+
+
+def test_a_request_put_back_with_nothing_to_wait_for_is_refused():
+    adm = Admission(max_sessions=4)
+    verdicts = []
+    adm.offer(("a", 1), lambda: verdicts.append(adm.put_back(("a", 1), lambda: None, 0)), 0)
+    assert (verdicts, adm.active, adm.queued) == ([False], 0, 0)
+    assert adm.offer(("b", 1), lambda: None, 1) is Verdict.START

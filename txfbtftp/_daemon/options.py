@@ -84,7 +84,7 @@ class Options(usage.Options):
         ["window-bytes", None, "128K", "Largest window in bytes (windowsize x blksize); windows are "
          "negotiated down to it (K, M suffixes)."],
         ["max-upload-size", None, None, "Largest upload accepted, bytes (K, M, G suffixes)."],
-        ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls)."],
+        ["port-range", None, None, "Session sockets from LOW:HIGH (for firewalls); requests wait for a free one."],
         ["max-sessions", None, 0, "Active transfers at most; more wait in a FIFO queue (0: no limit).", int],
         ["max-queue", None, 1024, "Requests that may wait for a slot; beyond, ERROR 0 'server busy'.", int],
         ["max-sessions-per-client", None, 0, "Active transfers per client address (0: no limit).", int],

@@ -136,7 +136,8 @@ class _ServerCollector:
 
     _TOTALS = (("sessions_started", "Requests accepted (sessions created)."),
                ("malformed_packets", "Undecodable requests and stray packets on the listening port."),
-               ("requests_refused_busy", "Requests refused for want of a session socket."),
+               ("requests_refused_busy", "Requests refused busy: the queue was full, or no session socket would open."),
+               ("requests_waiting_for_port", "Requests put back in the queue: no session port was free."),
                ("sessions_lost", "Transfers in flight in a worker process that died (--workers)."),
                ("requests_denied", "Requests ignored by the access rules."),
                ("requests_over_budget", "Requests dropped: their address has too many sessions that never answered."),

@@ -34,8 +34,9 @@ class ServerStats:
     ``tsize_probes``, ``bytes_downloaded``, ``bytes_uploaded`` (payload, each
     byte once), ``bytes_sent`` (retransmissions included), ``retransmits``,
     ``duplicates``, ``malformed_packets`` (undecodable requests and stray
-    packets on the listening port), ``requests_refused_busy`` (no session
-    socket could be opened); and those a backend counts
+    packets on the listening port), ``requests_refused_busy`` (the queue was
+    full, or no session socket could be opened), ``requests_waiting_for_port``
+    (put back in the queue until a session port frees); and those a backend counts
     (:class:`~txfbtftp.ICounting`): the ``http:`` cache's ``cache_hits``,
     ``cache_fills`` (files fetched into it) and ``cache_uncached``
     (downloads served from the origin because they could not be cached).

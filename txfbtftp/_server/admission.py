@@ -6,7 +6,10 @@ requests over it wait in a bounded FIFO queue and start as soon as a slot
 frees: admitted clients finish fast, queued ones start within their ROM's
 patience, and a full queue is answered "server busy" at once.  A client
 repeating its request while queued keeps its place (and proves it is still
-there); one that has gone quiet for ``max_wait`` seconds loses it.
+there); one that has gone quiet for ``max_wait`` seconds loses it.  A
+request admitted that cannot start after all (no session port is free: a
+program outside the server holds the rest of ``--port-range``) is put back
+first in line and waits for a session to end.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class Admission:
         self._by_client: dict[str, int] = {}
         self._queue: OrderedDict[Key, list] = OrderedDict()
         self._admitting = False
+        self._stuck = False  # a request was put back: wait for a release
 
     @property
     def queued(self) -> int:
@@ -57,7 +61,7 @@ class Admission:
         if not self._queue and self._room(key[0]):
             self._begin(key[0])
             start()
-            return Verdict.START
+            return Verdict.QUEUED if key in self._queue else Verdict.START
         if len(self._queue) >= self.max_queue:
             self._expire(now)
             if len(self._queue) >= self.max_queue:
@@ -72,13 +76,29 @@ class Admission:
 
     def release(self, host: str, now: float) -> None:
         """A session of ``host`` ended: admit whoever can go next."""
+        self._end(host)
+        self._stuck = False
+        self._admit(now)
+
+    def put_back(self, key: Key, start: Callable[[], None], now: float) -> bool:
+        """The request of ``key`` was admitted but could not start: it waits
+        first in line until a session ends.  False (and it is forgotten)
+        when no session is active to end."""
+        self._end(key[0])
+        if not self.active:
+            return False
+        self._queue[key] = [start, now]
+        self._queue.move_to_end(key, last=False)
+        self._stuck = True
+        return True
+
+    def _end(self, host: str) -> None:
         self.active -= 1
         n = self._by_client.get(host, 0) - 1
         if n > 0:
             self._by_client[host] = n
         else:
             self._by_client.pop(host, None)
-        self._admit(now)
 
     def _begin(self, host: str) -> None:
         self.active += 1
@@ -96,7 +116,7 @@ class Admission:
         self._admitting = True
         try:
             self._expire(now)
-            while self._queue and not (self.max_sessions and self.active >= self.max_sessions):
+            while self._queue and not self._stuck and not (self.max_sessions and self.active >= self.max_sessions):
                 key = next((k for k in self._queue if self._room(k[0])), None)
                 if key is None:
                     return

@@ -71,7 +71,7 @@ class TFTPProtocol(DatagramProtocol):
         self.ports = PortRange(*config.port_range) if config.port_range else None
         self.wheel = Wheel(reactor)
         self.admission = admission if admission is not None else Admission(
-            config.max_sessions, config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
+            _capacity(config), config.max_queue, config.max_sessions_per_client, config.max_queue_wait)
         #: Who may ask (an empty set of rules lets everyone).
         self.access = access if access is not None else AccessRules()
         self.budget = budget if budget is not None else UnverifiedBudget(
@@ -142,10 +142,25 @@ class TFTPProtocol(DatagramProtocol):
             self.stats.increment_counter("requests_queued")
 
     def _start(self, req: packet.Request, addr: tuple[Any, ...], key: Address, local: Local) -> None:
+        sock = None
+        if not self.config.single_port:
+            sock = self._bind(key, local)
+            if sock is None:
+                self._wait_for_port(req, addr, key, local)
+                return
         cls = ReadSession if req.is_read else WriteSession
         session = self.sessions[key] = cls(self, req, addr, key, local, self._listening())
         self.stats.session_started()
-        session.begin()
+        session.begin(self._link(session, sock))
+
+    def _wait_for_port(self, req: packet.Request, addr: tuple[Any, ...], key: Address, local: Local) -> None:
+        """No session port is free: wait first in line for one of ours to end,
+        or, when none will, refuse."""
+        if self.admission.put_back(key, lambda: self._start(req, addr, key, local), self.clock.seconds()):
+            self.stats.increment_counter("requests_waiting_for_port")
+        else:
+            self.stats.increment_counter("requests_refused_busy")
+            self.reply_error(addr, local, packet.ERR_UNDEFINED, BUSY)
 
     def _listening(self) -> Address:
         transport = self.transport
@@ -197,27 +212,21 @@ class TFTPProtocol(DatagramProtocol):
             self._sockets = SessionSockets(self._reactor, cfg.busy_poll, cfg.time_slice)
         return self._sockets
 
-    def open_link(self, session: Session[Any]) -> Link | None:
-        if self.config.single_port:
-            return ListenerLink(self.send_from, session.peer, session.local)
-        sock = self._bind(session)
+    def _link(self, session: Session[Any], sock: socket.socket | None) -> Link:
         if sock is None:
-            self.stats.increment_counter("requests_refused_busy")
-            self.reply_error(session.peer, session.local, packet.ERR_UNDEFINED, BUSY)
-            return None
+            return ListenerLink(self.send_from, session.peer, session.local)
         link = SocketLink(self.sockets, sock, session.peer, session.receive)
         if self.ports is not None and link.port is not None:
             self.ports.in_use.add(link.port)
         return link
 
-    def _bind(self, session: Session[Any]) -> socket.socket | None:
+    def _bind(self, key: Address, local: Local) -> socket.socket | None:
         """A socket bound to the address the client used, on a free port."""
-        local = session.local
         host = local[0] if local else None
         if host is None:
             iface = getattr(self.transport, "interface", "") if self.transport else ""
             host = iface if iface not in ("", "::", "0.0.0.0") else None
-        v6 = ":" in (host or session.key[0])
+        v6 = ":" in (host or key[0])
         family = socket.AF_INET6 if v6 else socket.AF_INET
         bind_host = host or ("::" if v6 else "0.0.0.0")
         scope = local[1] if (local and host and host.startswith("fe80")) else 0
@@ -225,7 +234,7 @@ class TFTPProtocol(DatagramProtocol):
         try:
             return self.sockets.bind(family, bind_host, candidates, scope)
         except OSError as e:
-            if e.errno != errno.EADDRINUSE:
+            if e.errno != errno.EADDRINUSE and self._log_limiter.allow("session sockets"):
                 log.warn("cannot open a session socket on {host}: {err}", host=bind_host, err=e)
             return None
 
@@ -248,3 +257,13 @@ class TFTPProtocol(DatagramProtocol):
         for session in list(self.sessions.values()):
             session.abandon("server stopping")
         self.wheel.stop()
+
+
+def _capacity(config: ServerConfig) -> int:
+    """Active sessions at most: ``--max-sessions``, and no more than the
+    port range has ports (the others wait in the queue for a port)."""
+    if config.port_range is None or config.single_port:
+        return config.max_sessions
+    low, high = config.port_range
+    size = high - low + 1
+    return min(config.max_sessions, size) if config.max_sessions else size

@@ -56,9 +56,6 @@ class SessionHost(Protocol):
     budget: UnverifiedBudget
     stats: ServerStats
 
-    def open_link(self, session: Session[Any]) -> Link | None:
-        """The session's way to its client; None (after answering "busy") if there is none."""
-
     def session_ended(self, session: Session[Any]) -> None:
         """Account for a session that has ended (its record is set)."""
 
@@ -150,11 +147,8 @@ class Session(Generic[_M]):
         raise NotImplementedError
 
     # -- start-up -------------------------------------------------------------------
-    def begin(self) -> None:
-        link = self.host.open_link(self)
-        if link is None:
-            self._close(Outcome.SERVER_ERROR, packet.ERR_UNDEFINED, "no session socket available")
-            return
+    def begin(self, link: Link) -> None:
+        """Start on ``link``, the session's way to its client."""
         self.link = link
         if self._refusal is not None:
             self._refuse(self._refusal.code, self._refusal.message)
