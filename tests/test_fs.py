@@ -6,6 +6,7 @@ import pytest
 
 from txfbtftp._protocol import errors
 from txfbtftp import FilesystemBackend
+from txfbtftp._backends.fs import FileReader
 from txfbtftp import TransferRequest
 
 REQ = TransferRequest(path="x", client=("127.0.0.1", 1), local=("127.0.0.1", 69), mode="octet")
@@ -33,6 +34,30 @@ def test_shared_descriptor_and_read_ahead(tmp_path):
     assert len(fs._open) == 1
     r2.close()
     assert fs._open == {}
+
+
+@pytest.mark.parametrize("options, crowd, ahead", [
+    ({}, 0, 8), ({}, 1000, 8), ({}, 2000, 5), ({}, 4000, 2), ({}, 10000, 1), ({"windowsize": "4"}, 0, 4),
+    ({"windowsize": "4"}, 30000, 4), ({"windowsize": "64"}, 30000, 8), ({"windowsize": "x"}, 30000, 1)])
+def test_read_ahead_follows_the_window_and_the_crowd(tmp_path, monkeypatch, options, crowd, ahead):
+    data = os.urandom(20 * 1468 + 5)
+    (tmp_path / "f").write_bytes(data)
+    fs = FilesystemBackend(str(tmp_path))
+    request = TransferRequest(path="f", client=("127.0.0.1", 1), local=("127.0.0.1", 69), mode="octet",
+                              options=options)
+    fs.readers += crowd - 1  # as many readers open, this one included
+    reader = fs.get_reader("f", request)
+    calls = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: calls.append(n) or real(fd, n, off))
+    out = [reader.read(1468) for _ in range(21)]
+    assert b"".join(out) == data and len(out[-1]) == 5
+    assert calls[0] == 1468 * ahead and len(calls) <= -(-21 // ahead) + 1
+    if ahead == 1:
+        assert reader._buf == b""  # lock-step in a crowd: nothing held between blocks
+    assert FileReader.BUDGET == 16 << 20
+    reader.close()
+    assert fs.readers == crowd - 1 and fs._open == {}
 
 
 def test_fifo_is_refused_without_blocking(tmp_path):

@@ -44,15 +44,23 @@ class _SharedFile:
 class FileReader:
     """Reads one file by offset from a shared descriptor.
 
-    Reads ahead ``READ_AHEAD`` blocks per system call: a window of blocks then
-    costs one ``pread``, and a session holds at most that much.
+    Reads ahead ``window`` blocks per system call (the requested window, at
+    most ``READ_AHEAD``): a window of blocks then costs one ``pread``, and
+    the buffer is used up by the end of the step.  A lock-step reader keeps
+    the rest of what it read between steps, so its read-ahead shrinks as
+    readers crowd in: all of them together read ahead at most
+    ``BUDGET`` bytes at a time (ten thousand clients at once would hold ten
+    thousand read-ahead buffers), down to one block per call, which holds
+    nothing.
     """
 
     READ_AHEAD = 8
-    __slots__ = ("size", "_fs", "_key", "_fd", "_offset", "_buf", "_pos")
+    BUDGET = 16 << 20
+    __slots__ = ("size", "window", "_fs", "_key", "_fd", "_offset", "_buf", "_pos")
 
-    def __init__(self, fs: FilesystemBackend, key: _Key, fd: int, size: int) -> None:
+    def __init__(self, fs: FilesystemBackend, key: _Key, fd: int, size: int, window: int = 1) -> None:
         self.size: int | None = size
+        self.window = window
         self._fs = fs
         self._key = key
         self._fd = fd
@@ -64,15 +72,28 @@ class FileReader:
         pos = self._pos
         end = pos + n
         buf = self._buf
-        if end <= len(buf):
+        if end < len(buf):
             self._pos = end
             return buf[pos:end]
+        if end == len(buf):
+            self._buf = b""  # used up: held no longer than needed
+            self._pos = 0
+            return buf[pos:]
         rest = buf[pos:]
-        chunk = os.pread(self._fd, n * self.READ_AHEAD, self._offset)
+        ahead = self.window
+        if ahead == 1:
+            ahead = max(1, min(self.READ_AHEAD, self.BUDGET // (max(1, self._fs.readers) * n)))
+        chunk = os.pread(self._fd, n * ahead, self._offset)
         self._offset += len(chunk)
-        buf = self._buf = rest + chunk if rest else chunk
+        if rest:
+            chunk = rest + chunk
+        if len(chunk) <= n:
+            self._buf = b""
+            self._pos = 0
+            return chunk
+        self._buf = chunk
         self._pos = n
-        return buf[:n]
+        return chunk[:n]
 
     def fileno(self) -> int:
         """The descriptor this reader shares with the file's other readers."""
@@ -167,6 +188,8 @@ class FilesystemBackend:
         os.umask(umask)
         self._file_mode = 0o666 & ~umask
         self._open: dict[_Key, _SharedFile] = {}
+        #: Readers open (not yet closed).
+        self.readers = 0
 
     def start(self) -> None:
         root = os.path.realpath(self._configured)
@@ -204,10 +227,11 @@ class FilesystemBackend:
         return full
 
     def get_reader(self, path: str, request: TransferRequest) -> FileReader:
-        return self.open(path)
+        return self.open(path, requested_window(request))
 
-    def open(self, path: str) -> FileReader:
-        """A reader of ``path`` under the root, whoever asks."""
+    def open(self, path: str, window: int = 1) -> FileReader:
+        """A reader of ``path`` under the root, whoever asks, for a client
+        taking ``window`` blocks at a time."""
         full = self.resolve(path)
         # Open first and ask the descriptor, so what is checked is what is
         # read; O_NONBLOCK keeps a FIFO from stalling the reactor.
@@ -226,9 +250,11 @@ class FilesystemBackend:
         else:
             os.close(fd)
         shared.refs += 1
-        return FileReader(self, key, shared.fd, st.st_size)
+        self.readers += 1
+        return FileReader(self, key, shared.fd, st.st_size, window)
 
     def _release(self, key: _Key) -> None:
+        self.readers -= 1
         shared = self._open.get(key)
         if shared is not None:
             shared.refs -= 1
@@ -248,6 +274,17 @@ class FilesystemBackend:
             return FileWriter(full, self.overwrite, self._file_mode)
         except OSError as e:
             raise _os_error(e) from e
+
+
+def requested_window(request: TransferRequest) -> int:
+    """The blocks ``request``'s client takes at a time: the windowsize it
+    asked for (granted, it is at most that), up to ``FileReader.READ_AHEAD``;
+    one in lock-step."""
+    try:
+        window = int(request.options.get("windowsize", "1"))
+    except ValueError:
+        window = 1
+    return max(1, min(FileReader.READ_AHEAD, window))
 
 
 def remove_abandoned(root: str) -> int:

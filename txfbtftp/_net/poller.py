@@ -9,7 +9,11 @@ traffic is flowing it keeps polling for a short, bounded while
 client is read without a round trip through the reactor and without the
 latency of waking a sleeping process; ``time_slice`` bounds how long other
 events can wait.  The listening ports are served from inside the same loop,
-so new requests are not kept waiting while sessions stream.
+so new requests are not kept waiting while sessions stream: when thousands
+of session sockets are ready at once (a boot storm), a listening port's turn
+in the ready list would come once per round of all of them, later than the
+clients' patience for a first reply; events are taken ``BATCH`` at a time,
+and after every full batch the listening ports are read first.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from txfbtftp._net.listener import MAX_DATAGRAM
 from txfbtftp._observe.logs import log
 
 Handler = Callable[[bytes, tuple[Any, ...]], None]
+#: Ready sockets served between two looks at the listening ports, under load.
+BATCH = 64
 
 
 @implementer(IReadDescriptor)
@@ -43,16 +49,20 @@ class SessionSockets:
         self.sender = BatchSender()
         self._ep = select.epoll()
         self._handlers: dict[int, tuple[socket.socket | None, Callable[..., object]]] = {}
+        #: The listening ports' readers, by descriptor.
+        self._listeners: dict[int, Callable[[], object]] = {}
         reactor.addReader(self)
 
     def watch(self, reader: IReadDescriptor) -> None:
         """Also serve ``reader`` (a listening port) from inside the loop."""
         fd = reader.fileno()
         self._handlers[fd] = (None, reader.doRead)
+        self._listeners[fd] = reader.doRead
         self._ep.register(fd, select.EPOLLIN)
 
     def unwatch(self, reader: IReadDescriptor) -> None:
         fd = reader.fileno()
+        self._listeners.pop(fd, None)
         if self._handlers.pop(fd, None) is not None:
             self._ep.unregister(fd)
 
@@ -106,7 +116,7 @@ class SessionSockets:
         end = start + self.time_slice
         idle = self.busy_poll
         while True:
-            events = poll(0)
+            events = poll(0, BATCH)
             if events:
                 for fd, _ in events:
                     entry = handlers.get(fd)
@@ -127,6 +137,8 @@ class SessionSockets:
                         entry[1](data, addr)
                     except Exception:
                         log.failure("error handling a datagram from {addr!r}", addr=addr)
+                if len(events) == BATCH and self._listeners:
+                    self._listen()
                 last = now = clock()
             else:
                 now = clock()
@@ -134,6 +146,14 @@ class SessionSockets:
                     return
             if now >= end:
                 return
+
+    def _listen(self) -> None:
+        """Serve the listening ports ahead of the session sockets still ready."""
+        for read in list(self._listeners.values()):
+            try:
+                read()
+            except Exception:
+                log.failure("error reading a listening port")
 
     def connectionLost(self, reason: Failure) -> None:
         self.shutdown()
@@ -144,4 +164,5 @@ class SessionSockets:
             if sock is not None:
                 self.close(sock)
         self._handlers.clear()
+        self._listeners.clear()
         self._ep.close()
