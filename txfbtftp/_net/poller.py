@@ -4,10 +4,11 @@ Every session has its own socket (a new transfer ID, as RFC 1350 wants), and
 in lock-step each block is one wake-up.  Letting the reactor dispatch each
 socket costs more Python than the transfer itself, so all session sockets
 sit behind one inner epoll that the reactor sees as a single reader.  When
-traffic is flowing it keeps polling for a short, bounded while
-(``busy_poll``) before handing control back, so the next ACK of a fast
-client is read without a round trip through the reactor and without the
-latency of waking a sleeping process; ``time_slice`` bounds how long other
+traffic is flowing it keeps polling for a short while before handing control
+back, so the next ACK of a fast client is read without a round trip through
+the reactor and without the latency of waking a sleeping process.  How long
+is learnt (:class:`Spin`): up to ``busy_poll``, and not at all while the
+clients answer slower than that.  ``time_slice`` bounds how long other
 events can wait.  The listening ports are served from inside the same loop,
 so new requests are not kept waiting while sessions stream: when thousands
 of session sockets are ready at once (a boot storm), a listening port's turn
@@ -33,18 +34,64 @@ from txfbtftp._net.listener import MAX_DATAGRAM
 from txfbtftp._observe.logs import log
 
 Handler = Callable[[bytes, tuple[Any, ...]], None]
-#: Ready sockets served between two looks at the listening ports, under load.
+#: Events taken per look: ready sockets served between two looks at the
+#: listening ports, under load.  (Without a bound, each look would also
+#: allocate room for 1023, which costs more than the system call on an idle
+#: spin.)
 BATCH = 64
+
+
+class Spin:
+    """How long to keep polling after traffic, learnt from the clients' pace.
+
+    A spin that catches the next datagram saves a trip through the reactor;
+    one that comes up empty burns CPU for nothing.  When the reactor wakes
+    the poller, the time since the last datagram says whether a spin of
+    ``ceiling`` would have caught this one: if so the budget doubles (from
+    an eighth of ``ceiling``, up to it), else it halves, and below that
+    eighth it is none.  A lock-step client across a WAN then costs a few
+    wasted spins, not one per block, and a fast one gets its spin back
+    within a few blocks.
+    """
+
+    __slots__ = ("ceiling", "floor", "budget", "_idle_since")
+
+    def __init__(self, ceiling: float) -> None:
+        self.ceiling = ceiling
+        self.floor = ceiling / 8
+        #: Seconds to keep polling after the last datagram, now.
+        self.budget = ceiling
+        self._idle_since: float | None = None
+
+    def idle(self, since: float) -> None:
+        """The poller went back to the reactor for want of datagrams, the
+        last one read at ``since``."""
+        self._idle_since = since
+
+    def woke(self, now: float) -> None:
+        """The reactor found datagrams waiting at ``now``."""
+        since = self._idle_since
+        if since is None:
+            return  # the poller had left only to let other events run
+        self._idle_since = None
+        if now - since <= self.ceiling:
+            self.budget = min(self.ceiling, max(self.floor, 2 * self.budget))
+        else:
+            budget = self.budget / 2
+            self.budget = budget if budget >= self.floor else 0.0
 
 
 @implementer(IReadDescriptor)
 class SessionSockets:
     """Session sockets multiplexed behind one reactor reader (Linux epoll)."""
 
-    def __init__(self, reactor: IReactorFDSet, busy_poll: float = 0.0002, time_slice: float = 0.005) -> None:
+    def __init__(self, reactor: IReactorFDSet, busy_poll: float = 0.0002, time_slice: float = 0.005,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.reactor = reactor
-        self.busy_poll = busy_poll
+        #: How long to keep polling after traffic, at most ``busy_poll``.
+        self.spin = Spin(busy_poll)
         self.time_slice = time_slice
+        self._clock = clock
         #: How this poller's sockets send a window.
         self.sender = BatchSender()
         self._ep = select.epoll()
@@ -111,10 +158,12 @@ class SessionSockets:
     def doRead(self) -> None:
         poll = self._ep.poll
         handlers = self._handlers
-        clock = time.monotonic
+        clock = self._clock
+        spin = self.spin
         start = last = clock()
+        spin.woke(start)
         end = start + self.time_slice
-        idle = self.busy_poll
+        idle = spin.budget
         while True:
             events = poll(0, BATCH)
             if events:
@@ -143,6 +192,7 @@ class SessionSockets:
             else:
                 now = clock()
                 if now - last >= idle:
+                    spin.idle(last)
                     return
             if now >= end:
                 return

@@ -26,8 +26,9 @@ class ServerConfig:
     port_range: tuple[int, int] | None = None
     #: Serve every session from the listening port (NAT, containers).
     single_port: bool = False
-    #: Keep polling session sockets this long after the last datagram before
-    #: returning to the reactor (0 disables); see txfbtftp._net.poller.
+    #: Keep polling session sockets at most this long after the last datagram
+    #: before returning to the reactor: less, or not at all, while clients
+    #: answer slower than that (0 disables); see txfbtftp._net.poller.
     busy_poll: float = 0.0002
     #: The longest the session sockets keep the reactor waiting.
     time_slice: float = 0.005
