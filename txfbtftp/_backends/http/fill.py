@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -23,6 +24,22 @@ from zope.interface import implementer
 from txfbtftp._backends.http.detour import Detour, Source
 from txfbtftp._interfaces import IReader, MaybeDeferred
 from txfbtftp._protocol import errors
+
+_T = TypeVar("_T")
+
+
+def answer(d: Deferred[_T], call: Callable[..., MaybeDeferred[_T]], *args: Any, **kwargs: Any) -> None:
+    """Fire a waiter's ``d`` with what ``call(*args, **kwargs)`` gives: a
+    value, a Deferred's result, or the TFTP error it raised."""
+    try:
+        result = call(*args, **kwargs)
+    except errors.TFTPError as e:
+        d.errback(Failure(e))
+        return
+    if isinstance(result, Deferred):
+        result.chainDeferred(d)
+    else:
+        d.callback(result)
 
 
 class State(enum.Enum):
@@ -84,15 +101,7 @@ class FillFile:
         for reader, n, d in pending:
             if reader.closed:
                 continue
-            try:
-                result = reader.next(n, waited=True)
-            except errors.TFTPError as e:
-                d.errback(Failure(e))
-                continue
-            if isinstance(result, Deferred):
-                result.chainDeferred(d)
-            else:
-                d.callback(result)
+            answer(d, reader.next, n, waited=True)
 
     def reader(self) -> FillReader:
         return FillReader(self)

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from txfbtftp._backends.http.detour import Detour, Source
 from txfbtftp._backends.http.fetch import Fetch
-from txfbtftp._backends.http.fill import FillFile, State
+from txfbtftp._backends.http.fill import FillFile, State, answer
 from txfbtftp._backends.http.index import Entry
 from txfbtftp._backends.http.iorigin import IBody
 from txfbtftp._backends.http.store import Claim
@@ -128,15 +128,7 @@ class Flight:
     def _settle(self, make: Callable[[bool], MaybeDeferred[IReader]]) -> None:
         waiters, self._waiters = self._waiters, []
         for d, retry in waiters:
-            try:
-                result = make(retry)
-            except errors.TFTPError as e:
-                d.errback(Failure(e))
-                continue
-            if isinstance(result, Deferred):
-                result.chainDeferred(d)
-            else:
-                d.callback(result)
+            answer(d, make, retry)
 
     def land(self) -> None:
         """Take no more joiners: the next request starts afresh."""
