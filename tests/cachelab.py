@@ -23,7 +23,7 @@ def body(seed, size):
 
 def serve(servers, origin, cache_dir, workers=1, extra=()):
     """``txfbtftp serve`` on a port of its own, ready (every process listening)."""
-    port, metrics = free_port(), free_port_tcp()
+    port, metrics = free_port(), free_port(kind=socket.SOCK_STREAM)
     argv = TXFBTFTP + ["serve", "--backend", "http:" + origin.base, "--cache-dir", str(cache_dir),
                        "--port", str(port), "--interface", "127.0.0.1", "--workers", str(workers),
                        "--metrics", "tcp:%d:interface=127.0.0.1" % metrics, "--stats-interval", "0", *extra]
@@ -32,14 +32,6 @@ def serve(servers, origin, cache_dir, workers=1, extra=()):
     s.port, s.metrics_port = port, metrics
     s.ready(count=workers)
     return s
-
-
-def free_port_tcp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @inlineCallbacks

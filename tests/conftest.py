@@ -18,6 +18,16 @@ def root(tmp_path):
 
 
 @pytest.fixture
+def servers():
+    """Server processes a test started (tests/processes.py); killed when
+    it ends, whatever happened."""
+    started = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
 def started():
     """Services a test started; stopped when it ends."""
     services = []

@@ -15,12 +15,11 @@ TXFBTFTP = [os.path.join(BIN, "txfbtftp")]
 TWISTD = [os.path.join(BIN, "twistd")]
 
 
-def free_port(host="127.0.0.1"):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def free_port(host="127.0.0.1", kind=socket.SOCK_DGRAM):
+    """A port free on ``host`` now (UDP, or TCP with ``kind=SOCK_STREAM``)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def free_ports(count, hosts=("::",)):

@@ -1,5 +1,4 @@
 """Helpers shared by the statistics and metrics tests."""
-import socket
 import time
 
 import pytest
@@ -43,9 +42,3 @@ def check_times(rec, exact_duration=None, first=True):
     return d
 
 
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port

@@ -17,11 +17,20 @@ from .cachelab import (Tmpfs, body, entries, fetch, metric, pause, pid_of_connec
 
 
 @pytest.fixture
-def servers():
-    started = []
-    yield started
-    for s in started:
+def tmpfs(servers, tmp_path):
+    """Mounts a tmpfs of a given size as the cache directory; at the end the
+    servers stop, then it is unmounted."""
+    mounted = []
+
+    def mount(size):
+        mounted.append(Tmpfs(tmp_path / "cache", size))
+        return mounted[-1]
+
+    yield mount
+    for s in servers:
         s.stop()
+    for disk in mounted:
+        disk.unmount()
 
 
 def _served_by(server, name):
@@ -170,76 +179,66 @@ def test_a_second_server_on_the_same_directory_shares_the_cache(servers, origin,
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_disk_that_fills_up_never_fails_a_client(servers, origin, tmp_path):
-    disk = Tmpfs(tmp_path / "cache", "6m")
-    try:
-        big = body(4, 8 << 20)  # larger than the disk
-        origin.add("big.iso", big, chunk=65536)
-        grows = body(5, 3 << 20)
-        gate = Deferred()
-        origin.add("grows.img", grows, gate=gate, gate_after=512 * 1024, chunk=65536)
-        server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "64M"])
-        # Larger than the disk: every client streams from the origin, nothing is written.
-        largest = []
-        watch = LoopingCall(lambda: largest.append(sum(e.stat().st_size for e in os.scandir(disk.path / "tmp"))))
-        watch.start(0.002)
-        got = yield DeferredList([fetch(server, "big.iso") for _ in range(8)], consumeErrors=True)
-        watch.stop()
-        assert [g for g in got] == [(True, big)] * 8
-        assert max(largest) == 0 and len(origin.requests_for("big.iso")) == 8  # a stream each
-        # The disk fills up (someone else's file) while a fill is being written.
-        pending = [fetch(server, "grows.img") for _ in range(20)]
-        yield settle(lambda: origin.sent.get("/boot/grows.img", 0) >= 512 * 1024, what="the fill under way")
-        yield pause(0.3)
-        disk.fill()
-        started = time.monotonic()
-        gate.callback(None)
-        got = yield DeferredList(pending, consumeErrors=True)
-        elapsed = time.monotonic() - started
-        assert [g for g in got] == [(True, grows)] * 20
-        ranged = [s for s in origin.requests_for("grows.img") if s.range is not None]
-        print("disk full midway: 20 clients done in %.2fs, %d went on from the origin" % (elapsed, len(ranged)))
-        assert len(origin.whole("grows.img")) == 1 and 1 <= len(ranged) <= 20
-        uncached = yield metric(server, "tftp_cache_uncached_total")
-        assert uncached == 8 + len(ranged)
-        said = server.log.count("served from the origin, not cached")
-        assert 1 <= said <= 2 * 3  # once per process and reason, not once per client
-        assert "ERROR" not in server.log
-        # Room again: the file is cached, a later client is a hit.
-        os.unlink(disk.path / "ballast")
-        assert (yield fetch(server, "grows.img")) == grows
-        yield settle(lambda: entries(disk.path)[1] != [], what="the fill committed")
-        before = len(origin.requests_for("grows.img"))
-        started = time.monotonic()
-        got = yield DeferredList([fetch(server, "grows.img") for _ in range(20)], consumeErrors=True)
-        assert got == [(True, grows)] * 20 and len(origin.requests_for("grows.img")) == before
-        print("the same 20 clients from the cache: %.2fs" % (time.monotonic() - started))
-    finally:
-        for s in servers:
-            s.stop()
-        disk.unmount()
+def test_a_disk_that_fills_up_never_fails_a_client(servers, origin, tmpfs):
+    disk = tmpfs("6m")
+    big = body(4, 8 << 20)  # larger than the disk
+    origin.add("big.iso", big, chunk=65536)
+    grows = body(5, 3 << 20)
+    gate = Deferred()
+    origin.add("grows.img", grows, gate=gate, gate_after=512 * 1024, chunk=65536)
+    server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "64M"])
+    # Larger than the disk: every client streams from the origin, nothing is written.
+    largest = []
+    watch = LoopingCall(lambda: largest.append(sum(e.stat().st_size for e in os.scandir(disk.path / "tmp"))))
+    watch.start(0.002)
+    got = yield DeferredList([fetch(server, "big.iso") for _ in range(8)], consumeErrors=True)
+    watch.stop()
+    assert [g for g in got] == [(True, big)] * 8
+    assert max(largest) == 0 and len(origin.requests_for("big.iso")) == 8  # a stream each
+    # The disk fills up (someone else's file) while a fill is being written.
+    pending = [fetch(server, "grows.img") for _ in range(20)]
+    yield settle(lambda: origin.sent.get("/boot/grows.img", 0) >= 512 * 1024, what="the fill under way")
+    yield pause(0.3)
+    disk.fill()
+    started = time.monotonic()
+    gate.callback(None)
+    got = yield DeferredList(pending, consumeErrors=True)
+    elapsed = time.monotonic() - started
+    assert [g for g in got] == [(True, grows)] * 20
+    ranged = [s for s in origin.requests_for("grows.img") if s.range is not None]
+    print("disk full midway: 20 clients done in %.2fs, %d went on from the origin" % (elapsed, len(ranged)))
+    assert len(origin.whole("grows.img")) == 1 and 1 <= len(ranged) <= 20
+    uncached = yield metric(server, "tftp_cache_uncached_total")
+    assert uncached == 8 + len(ranged)
+    said = server.log.count("served from the origin, not cached")
+    assert 1 <= said <= 2 * 3  # once per process and reason, not once per client
+    assert "ERROR" not in server.log
+    # Room again: the file is cached, a later client is a hit.
+    os.unlink(disk.path / "ballast")
+    assert (yield fetch(server, "grows.img")) == grows
+    yield settle(lambda: entries(disk.path)[1] != [], what="the fill committed")
+    before = len(origin.requests_for("grows.img"))
+    started = time.monotonic()
+    got = yield DeferredList([fetch(server, "grows.img") for _ in range(20)], consumeErrors=True)
+    assert got == [(True, grows)] * 20 and len(origin.requests_for("grows.img")) == before
+    print("the same 20 clients from the cache: %.2fs" % (time.monotonic() - started))
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_small_disk_evicts_before_writing(servers, origin, tmp_path):
-    disk = Tmpfs(tmp_path / "cache", "5m")  # room for two files and the margin, not three
-    try:
-        files = {name: body(10 + i, 1536 * 1024) for i, name in enumerate(("a", "b", "c"))}
-        for name, data in files.items():
-            origin.add(name, data)
-        server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "1G"])
-        for name in ("a", "b", "c"):
-            assert (yield fetch(server, name)) == files[name]
-            yield settle(lambda: entries(disk.path)[2] == [], what="the fill committed")
-        index, bodies, _ = entries(disk.path)
-        kept = sorted(e["key"].rsplit("/", 1)[1] for e in index["entries"].values())
-        assert kept == ["b", "c"] and len(bodies) == 2
-        assert (yield fetch(server, "c")) == files["c"] and len(origin.requests_for("c")) == 1
-        assert (yield metric(server, "tftp_cache_uncached_total")) == 0
-    finally:
-        for s in servers:
-            s.stop()
-        disk.unmount()
+def test_a_small_disk_evicts_before_writing(servers, origin, tmpfs):
+    disk = tmpfs("5m")  # room for two files and the margin, not three
+    files = {name: body(10 + i, 1536 * 1024) for i, name in enumerate(("a", "b", "c"))}
+    for name, data in files.items():
+        origin.add(name, data)
+    server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "1G"])
+    for name in ("a", "b", "c"):
+        assert (yield fetch(server, name)) == files[name]
+        yield settle(lambda: entries(disk.path)[2] == [], what="the fill committed")
+    index, bodies, _ = entries(disk.path)
+    kept = sorted(e["key"].rsplit("/", 1)[1] for e in index["entries"].values())
+    assert kept == ["b", "c"] and len(bodies) == 2
+    assert (yield fetch(server, "c")) == files["c"] and len(origin.requests_for("c")) == 1
+    assert (yield metric(server, "tftp_cache_uncached_total")) == 0
 
 
 @pytest_twisted.inlineCallbacks

@@ -24,15 +24,6 @@ NOBODY = "nobody"
 NOGROUP = grp.getgrgid(pwd.getpwnam(NOBODY).pw_gid).gr_name if ROOT_USER else "nogroup"
 
 
-@pytest.fixture
-def servers():
-    """Servers a test started; killed when it ends, whatever happened."""
-    started = []
-    yield started
-    for s in started:
-        s.stop()
-
-
 def serve(servers, *args, how="serve", twistd=(), prefix=(), cwd=None):
     """``txfbtftp serve ARGS`` or ``twistd -n TWISTD-ARGS tftp ARGS``."""
     if how == "serve":

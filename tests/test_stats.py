@@ -21,7 +21,8 @@ from txfbtftp import Schedule
 from txfbtftp import REASONS, ServerStats, log_server_stats
 
 from .rawclient import download, listen
-from .stathelp import addr, check_times, free_udp_port, sleep, wait_for
+from .processes import free_port
+from .stathelp import addr, check_times, sleep, wait_for
 from .test_quirks import HybridReactor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +189,7 @@ def test_a_raising_callback_is_contained_and_later_listeners_still_run(service):
 
 @pytest_twisted.inlineCallbacks
 def test_counters_after_a_mixed_workload(service, root):
-    port = free_udp_port()
+    port = free_port()
     svc = service(config=ServerConfig(port_range=(port, port), max_queue=0, dally=0.05, shutdown_grace=0))
     stats = svc.stats
     a, b = listen(), listen()

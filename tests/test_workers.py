@@ -13,17 +13,10 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from .processes import free_port
 from .rawclient import download, listen
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
-
-
-def free_port(kind=socket.SOCK_DGRAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _children(pid, pattern=None):
@@ -38,7 +31,7 @@ def children(pid):
 
 @pytest.fixture
 def cluster(root, tmp_path):
-    port, metrics = free_port(), free_port(socket.SOCK_STREAM)
+    port, metrics = free_port(), free_port(kind=socket.SOCK_STREAM)
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "tftp", "--backend", "fs:%s" % root, "--port", str(port),
                                       "--interface", "127.0.0.1", "--workers", "2", "--metrics", "tcp:%d" % metrics,

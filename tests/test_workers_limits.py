@@ -26,14 +26,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-@pytest.fixture
-def servers():
-    started = []
-    yield started
-    for s in started:
-        s.stop()
-
-
 def counting_server(servers, counts, *args):
     argv = TWISTD + ["-n", "--pidfile=", "tftp", "--backend",
                      "python:%s:counting:%s" % (os.path.join(HERE, "concurrency.py"), counts),

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 
+from .processes import free_port
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
 ATFTPD = CACHE / "atftpd" / "usr" / "sbin" / "atftpd"
@@ -25,13 +27,6 @@ ATFTPD = CACHE / "atftpd" / "usr" / "sbin" / "atftpd"
 
 class Unavailable(Exception):
     """The server program is not installed and cannot be fetched here."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def tftpd_hpa() -> str:

@@ -2,6 +2,7 @@
 session records.  Each failure carries the lab's report."""
 import collections
 
+from . import images
 from .lab import FIRST, SECOND, TFTP_PORT
 
 ROLLOVER = 65535
@@ -105,6 +106,20 @@ def network(lab, packets):
     lab.check(set(locals_) == {lab.server_addr},
               "the server's session records name local addresses %s, expected only %s" % (
                   dict(locals_), lab.server_addr))
+
+
+def linux_proof(lab, digest, payload):
+    """The booted Linux ran /init, hashed the payload it was given right and
+    powered off, and the network checks hold; the capture's packets."""
+    lab.expect(r"txfbtftp-init: running", 120, "Linux /init")
+    proof = lab.expect(images.PROOF, 60, "sha256")
+    lab.powered_off()
+    packets = lab.stop_capture()
+    lab.check((proof.group(1), int(proof.group(2))) == (digest, payload),
+              "the guest hashed %s (%s bytes), the payload is %s (%d bytes)" % (
+                  proof.group(1), proof.group(2), digest, payload))
+    network(lab, packets)
+    return packets
 
 
 def record(lab, path, outcome="ok", index=-1):

@@ -60,26 +60,26 @@ def host():
     return True
 
 
-@pytest.fixture(scope="session")
-def kernel(host):
-    """Path of a Debian kernel image (fetched into the cache)."""
+def _fetched(fetch):
+    """The path ``fetch`` brings into the cache, its package version noted."""
     try:
-        path, name, version = debian.kernel()
+        path, name, version = fetch()
     except debian.Unavailable as exc:
         unavailable(str(exc))
     VERSIONS[name] = version
     return path
+
+
+@pytest.fixture(scope="session")
+def kernel(host):
+    """Path of a Debian kernel image (fetched into the cache)."""
+    return _fetched(debian.kernel)
 
 
 @pytest.fixture(scope="session")
 def busybox(host):
     """Path of Debian's static busybox (fetched into the cache)."""
-    try:
-        path, name, version = debian.busybox()
-    except debian.Unavailable as exc:
-        unavailable(str(exc))
-    VERSIONS[name] = version
-    return path
+    return _fetched(debian.busybox)
 
 
 @pytest.fixture

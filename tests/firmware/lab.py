@@ -67,6 +67,17 @@ def run(*argv, timeout=30, check=True):
     return res
 
 
+def stop_process(proc, grace):
+    """Terminate ``proc`` if it still runs; kill it after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def tail(text, lines):
     parts = text.splitlines()
     if len(parts) > lines:
@@ -289,13 +300,7 @@ class Console:
             return None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.reader.join(5)
         try:
             self.proc.stdin.close()
@@ -441,13 +446,8 @@ class Lab:
         """Stop the capture (it first reads what the kernel holds for it)
         and read what it captured."""
         proc = self.procs.get("capture")
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, 60)
         if self.packets is None:
             try:
                 if self.pcap is None:
@@ -543,13 +543,7 @@ class Lab:
         if self.console is not None:
             self.console.stop()
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 5)
         if self._ns_made:
             run("ip", "-n", self.ns, "link", "del", TAP, check=False)
             run("ip", "netns", "del", self.ns, check=False)

@@ -59,15 +59,7 @@ def test_ovmf_pxe_ipxe_script_linux_initrd_past_rollover(lab, root, multihomed):
     lab.boot("-bios", OVMF, memory=1024, nic="virtio-net-pci", romfile="")
     lab.expect(r"NBP file downloaded successfully", 90, "UEFI PXE")
     lab.expect(r"txfbtftp: iPXE script from %s\n" % re.escape(lab.server_addr), 90, "iPXE script")
-    lab.expect(r"txfbtftp-init: running", 120, "Linux /init")
-    proof = lab.expect(images.PROOF, 60, "sha256")
-    lab.powered_off()
-    packets = lab.stop_capture()
-
-    lab.check((proof.group(1), int(proof.group(2))) == (digest, payload),
-              "the guest hashed %s (%s bytes), the payload is %s (%d bytes)" % (
-                  proof.group(1), proof.group(2), digest, payload))
-    checks.network(lab, packets)
+    packets = checks.linux_proof(lab, digest, payload)
     checks.edk2_tsize_probe(lab, packets, "snponly.efi")
     big = checks.named(lab, packets, "big.cpio")[-1]
     lab.check(big.requested.get("blksize") == str(IPXE_BLKSIZE),

@@ -61,15 +61,7 @@ def test_seabios_ipxe_rom_pxelinux_linux(lab, root, multihomed):
     lab.boot(*lab.sercon(), memory=512, nic="e1000")
     lab.expect(r"PXELINUX \d", 90, "PXELINUX")
     lab.expect(r"txfbtftp: pxelinux\.cfg/default", 60, "default")
-    lab.expect(r"txfbtftp-init: running", 120, "Linux /init")
-    proof = lab.expect(images.PROOF, 60, "sha256")
-    lab.powered_off()
-    packets = lab.stop_capture()
-
-    lab.check((proof.group(1), int(proof.group(2))) == (digest, payload),
-              "the guest hashed %s (%s bytes), the payload is %s (%d bytes)" % (
-                  proof.group(1), proof.group(2), digest, payload))
-    checks.network(lab, packets)
+    packets = checks.linux_proof(lab, digest, payload)
     names = [t.path for t in checks.transfers(packets) if t.path.startswith("pxelinux.cfg/")]
     lab.check(names == tried_names() + ["pxelinux.cfg/default"],
               "PXELINUX asked for %s" % names)
