@@ -9,7 +9,7 @@ BIN = $(VENV)/bin
 
 .PHONY: venv serve test check docs clean
 
-$(BIN)/twistd: setup.cfg setup.py
+$(BIN)/twistd: setup.cfg setup.py txfbtftp/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,check]' --config-settings editable_mode=compat
@@ -24,8 +24,10 @@ $(ROOT)/hello.txt:
 serve: venv $(ROOT)/hello.txt
 	$(BIN)/txfbtftp serve --backend fs:$(ROOT) --port $(PORT) --interface 127.0.0.1
 
+# The suite runs twice: on the compiled DATA hot path, then on pure Python.
 test: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	TXFBTFTP_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 check: venv
 	$(BIN)/mypy

@@ -1,3 +1,5 @@
-from setuptools import setup
+from setuptools import Extension, setup
 
-setup()
+# The compiled twin of the DATA hot path is optional: without a compiler the
+# build goes on, and the pure-Python path serves alone.
+setup(ext_modules=[Extension("txfbtftp._speedups", ["txfbtftp/_speedups.c"], optional=True)])

@@ -16,6 +16,7 @@ from txfbtftp._net.address import natural
 from txfbtftp._net.listener import MAX_DATAGRAM, Local
 from txfbtftp._net.poller import SessionSockets
 from txfbtftp._protocol import packet
+from txfbtftp._protocol.machine import State
 
 _UNKNOWN_TID = packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID])
 
@@ -31,6 +32,10 @@ class Link(Protocol):
 
     def drain(self) -> None:
         """Deliver what already waits for the session, before a retransmission."""
+
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
+        """Let a compiled lane serve the download's whole-window ACKs, where
+        the link can (:mod:`txfbtftp._speedups`)."""
 
     def close(self) -> None:
         """Release the link; nothing is delivered after it."""
@@ -74,6 +79,10 @@ class SocketLink:
         else:
             self._send(self._sock, self._dest, packets)
 
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
+        self._poller.open_lane(self._sock, session, machine, reader, self._sock.fileno(), self._dest,
+                               self.datagramReceived, self._poller.sender, State.TRANSFER)
+
     def drain(self) -> None:
         sock = self._sock
         for _ in range(64):
@@ -105,6 +114,9 @@ class ListenerLink:
             self._send(pkt, self._dest, self._local)
 
     def drain(self) -> None:
+        pass  # the listening port reads for everyone
+
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
         pass  # the listening port reads for everyone
 
     def close(self) -> None:

@@ -15,10 +15,17 @@ of session sockets are ready at once (a boot storm), a listening port's turn
 in the ready list would come once per round of all of them, later than the
 clients' patience for a first reply; events are taken ``BATCH`` at a time,
 and after every full batch the listening ports are read first.
+
+Where the optional compiled module is built, an established download's
+socket may also have a *lane* (:mod:`txfbtftp._speedups`): the compiled twin
+of its DATA hot path, which serves a whole-window ACK without running
+Python and hands everything else back to the session's own handler.
+Setting ``TXFBTFTP_PURE_PYTHON`` in the environment turns lanes off.
 """
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import time
@@ -32,6 +39,16 @@ from zope.interface import implementer
 from txfbtftp._net.batch import BatchSender
 from txfbtftp._net.listener import MAX_DATAGRAM
 from txfbtftp._observe.logs import log
+
+_speedups: Any
+try:
+    if os.environ.get("TXFBTFTP_PURE_PYTHON"):
+        raise ImportError("pure Python asked for")
+    import txfbtftp._speedups as _speedups
+except ImportError:
+    _speedups = None
+#: The compiled lane's type, or None where there is none.
+Lane: Any = _speedups and _speedups.Lane
 
 Handler = Callable[[bytes, tuple[Any, ...]], None]
 #: Events taken per look: ready sockets served between two looks at the
@@ -98,6 +115,8 @@ class SessionSockets:
         self._handlers: dict[int, tuple[socket.socket | None, Callable[..., object]]] = {}
         #: The listening ports' readers, by descriptor.
         self._listeners: dict[int, Callable[[], object]] = {}
+        #: The compiled lanes, by descriptor.
+        self._lanes: dict[int, Any] = {}
         reactor.addReader(self)
 
     def watch(self, reader: IReadDescriptor) -> None:
@@ -143,8 +162,18 @@ class SessionSockets:
             raise
         self._handlers[fd] = (sock, handler)
 
+    def open_lane(self, sock: socket.socket, *args: Any) -> bool:
+        """Serve ``sock``'s whole-window ACKs in a compiled lane made of
+        ``args`` (see :mod:`txfbtftp._speedups`), if the module is built;
+        whether it is."""
+        if Lane is None:
+            return False
+        self._lanes[sock.fileno()] = Lane(*args)
+        return True
+
     def close(self, sock: socket.socket) -> None:
         fd = sock.fileno()
+        self._lanes.pop(fd, None)
         if fd >= 0 and self._handlers.pop(fd, None) is not None:
             self._ep.unregister(fd)
         sock.close()
@@ -158,6 +187,7 @@ class SessionSockets:
     def doRead(self) -> None:
         poll = self._ep.poll
         handlers = self._handlers
+        lanes = self._lanes
         clock = self._clock
         spin = self.spin
         start = last = clock()
@@ -167,6 +197,9 @@ class SessionSockets:
         while True:
             events = poll(0, BATCH)
             if events:
+                full = len(events) == BATCH
+                if lanes:
+                    events = self._serve_lanes(events)
                 for fd, _ in events:
                     entry = handlers.get(fd)
                     if entry is None:
@@ -186,7 +219,7 @@ class SessionSockets:
                         entry[1](data, addr)
                     except Exception:
                         log.failure("error handling a datagram from {addr!r}", addr=addr)
-                if len(events) == BATCH and self._listeners:
+                if full and self._listeners:
                     self._listen()
                 last = now = clock()
             else:
@@ -196,6 +229,16 @@ class SessionSockets:
                     return
             if now >= end:
                 return
+
+    def _serve_lanes(self, events: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Let the lanes serve their sockets' datagrams; the events left."""
+        rest, later = _speedups.serve(events, self._lanes)
+        for call, a, b in later:
+            try:
+                call(a, b)  # a datagram handed back, or a timer to re-arm
+            except Exception:
+                log.failure("error handling a datagram")
+        return rest
 
     def _listen(self) -> None:
         """Serve the listening ports ahead of the session sockets still ready."""
@@ -215,4 +258,5 @@ class SessionSockets:
                 self.close(sock)
         self._handlers.clear()
         self._listeners.clear()
+        self._lanes.clear()
         self._ep.close()

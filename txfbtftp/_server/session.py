@@ -71,6 +71,9 @@ class _Unlinked:
     def drain(self) -> None:
         pass
 
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -1,0 +1,221 @@
+"""The compiled DATA hot path (txfbtftp._speedups) against the pure-Python one.
+
+Both paths run the same downloads over real loopback sockets, driven step by
+step on a fake clock: every datagram the client receives, and every field
+of the machine, its timer, its round-trip estimate and its reader after
+every step, must be the same.  The scripts mix what the compiled lane serves
+(whole-window ACKs) with everything it must hand back (the OACK's ACK,
+partial, duplicate and gap ACKs, strangers, timeouts, the last ACK, a
+client's ERROR).  The rest of the suite runs on whichever path the build
+has; CI runs it again with ``TXFBTFTP_PURE_PYTHON=1``.
+"""
+import os
+import select
+import socket
+
+import pytest
+from twisted.internet.task import Clock
+
+from txfbtftp import FilesystemBackend, ServerConfig
+from txfbtftp._net import poller
+from txfbtftp._net.poller import SessionSockets
+from txfbtftp._protocol import packet
+from txfbtftp._server.dispatcher import TFTPProtocol
+
+compiled = pytest.mark.skipif(poller.Lane is None, reason="the compiled module is not built, or is turned off")
+
+
+def test_the_compiled_module_is_built_unless_turned_off():
+    if os.environ.get("TXFBTFTP_PURE_PYTHON"):
+        assert poller.Lane is None
+    else:
+        import txfbtftp._speedups  # noqa: F401  (a build without it would test one path twice)
+        assert poller.Lane is not None
+
+
+class _Reactor:
+    """Enough of a reactor for a poller driven by hand."""
+
+    def addReader(self, reader):
+        pass
+
+    def removeReader(self, reader):
+        pass
+
+
+class Twin:
+    """A server (the listening protocol on a Clock, its poller driven by hand) and one
+    raw client socket on loopback."""
+
+    def __init__(self, root, config):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.sockets = SessionSockets(_Reactor(), busy_poll=0)
+        self.server = TFTPProtocol(FilesystemBackend(str(root)), self.clock, config, sockets=self.sockets)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client.bind(("127.0.0.1", 0))
+        self.stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.stranger.bind(("127.0.0.1", 0))
+        self.tid = None
+        self.trace = []
+        self.got = {self.client: [], self.stranger: []}
+
+    def request(self, name, options):
+        self.server.datagramReceived(packet.request(packet.RRQ, name, "octet", options),
+                                     self.client.getsockname())
+        session, = self.server.sessions.values()
+        self.session = session
+        self.tid = ("127.0.0.1", session.link.port)
+        self.collect()
+
+    def send(self, data, sock=None):
+        if self.session.record is not None:
+            return  # the transfer is over: the client has nothing more to say
+        (sock or self.client).sendto(data, self.tid)
+        select.select([self.sockets.fileno()], [], [], 2)
+        self.sockets.doRead()
+        self.collect()
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.collect()
+
+    def collect(self, wait=0.0):
+        self.trace.append(snapshot(self.session))
+        for sock, got in self.got.items():  # as it comes: a window must not overflow the buffer
+            while select.select([sock], [], [], wait)[0]:
+                got.append(sock.recvfrom(70000)[0])
+
+    def received(self):
+        """Every datagram the client and the stranger were sent, in order."""
+        self.collect(0.2)
+        return self.got[self.client], self.got[self.stranger]
+
+    def close(self):
+        self.server.stop_sessions()
+        self.sockets.shutdown()
+        self.client.close()
+        self.stranger.close()
+
+
+def snapshot(session):
+    m = session.machine
+    if m is None:
+        return session.outcome, None
+    fields = {k: v for k, v in vars(m).items() if k not in ("watchdog", "oack", "_window", "state")}
+    wd, est, r = m.watchdog, m.watchdog.estimator, session.reader
+    return session.outcome, (m.state.value, fields, list(m._window), wd.tries, wd.since,
+            None if est is None else (est.srtt, est.rttvar, est.rto),
+            None if r is None else (r._offset, r._pos, bytes(r._buf)),
+            session._slot, session._slot_start)
+
+
+def run(root, script, options, config, lanes, monkeypatch):
+    """Run ``script`` (a list of actions) on one path; the trace and how
+    many steps the lanes served."""
+    served = []
+    if lanes:
+        real = poller._speedups.serve
+
+        def counting(events, table):
+            rest, later = real(events, table)
+            handed = sum(1 for _, data, _ in later if isinstance(data, bytes))
+            served.append(len(events) - len(rest) - handed)
+            return rest, later
+        monkeypatch.setattr(poller._speedups, "serve", counting)
+    else:
+        monkeypatch.setattr(poller, "Lane", None)
+    twin = Twin(root, config)
+    try:
+        twin.request("big.bin", options)
+        for action in script:
+            n = twin.session.machine._sent & 0xFFFF
+            if action == "ack":
+                twin.send(packet.ack(n))
+            elif action == "ack0":
+                twin.send(packet.ack(0))
+            elif action == "partial":
+                twin.send(packet.ack(max(0, n - 2)))
+            elif action == "dup":
+                twin.send(packet.ack(n))
+                twin.send(packet.ack(n))
+            elif action == "stranger":
+                twin.send(packet.ack(n), twin.stranger)
+            elif action == "late":
+                twin.advance(1.5)  # past any deadline: the window is resent
+            elif action == "error":
+                twin.send(packet.error(packet.ERR_UNDEFINED, "bye"))
+            else:
+                twin.advance(action)  # time passes between the client's answers
+        twin.advance(1)  # past the dally
+        received = twin.received()
+    finally:
+        twin.close()
+        monkeypatch.undo()
+    return twin.trace, received, sum(served)
+
+
+SIZE = 40 * 512 + 100
+STEADY = [0.004, "ack"] * 6
+LOCKSTEP = ["ack"] + STEADY + ["dup", 0.002, "ack", "stranger", 0.003, "ack", "late", "ack"] + STEADY + ["ack"] * 30
+WINDOWED = (["ack0"] + STEADY + ["partial", 0.001, "ack", "dup", "late", "ack", "stranger", "ack"]
+            + STEADY + ["ack"] * 10)
+
+
+@compiled
+@pytest.mark.parametrize("options, script", [
+    ({}, LOCKSTEP),
+    ({"blksize": "512", "timeout": "1"}, ["ack0"] + LOCKSTEP),
+    ({"windowsize": "4"}, WINDOWED),
+    ({"windowsize": "4", "blksize": "512"}, WINDOWED[:20] + ["error"]),
+    ({"windowsize": "3", "blksize": "1024"}, WINDOWED),
+], ids=["lockstep-no-options", "lockstep-fixed-timeout", "window-4", "window-4-client-error", "window-3-1024"])
+@pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "schedule"])
+def test_the_lane_steps_exactly_as_python_does(root, monkeypatch, options, script, adaptive):
+    (root / "big.bin").write_bytes(os.urandom(SIZE * int(options.get("blksize", 512)) // 512))
+    config = ServerConfig(adaptive=adaptive, dally=0.05, shutdown_grace=0)
+    pure, pure_got, _ = run(root, script, options, config, False, monkeypatch)
+    fast, fast_got, served = run(root, script, options, config, True, monkeypatch)
+    assert served >= 5  # the lane did serve
+    assert len(fast) == len(pure)
+    for i, (a, b) in enumerate(zip(fast, pure, strict=True)):
+        assert a == b, "step %d differs" % i
+    assert fast_got == pure_got
+    client, stranger = fast_got
+    assert stranger == [packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID])]
+    if script[-1] != "error":
+        assert fast[-1][0] == "ok"
+        assert unique_payload(client) == (root / "big.bin").read_bytes()
+
+
+@compiled
+def test_a_file_of_whole_blocks_ends_with_an_empty_one_on_both_paths(root, monkeypatch):
+    (root / "big.bin").write_bytes(os.urandom(12 * 512))
+    config = ServerConfig(dally=0.05, shutdown_grace=0)
+    script = ["ack"] * 14
+    pure, pure_got, _ = run(root, script, {}, config, False, monkeypatch)
+    fast, fast_got, served = run(root, script, {}, config, True, monkeypatch)
+    assert served >= 10 and fast == pure and fast_got == pure_got
+    assert fast_got[0][-1] == packet.DATA_HEADERS[13]  # block 13, empty
+    assert fast[-1][0] == "ok"
+
+
+@compiled
+def test_big_windows_leave_in_segmented_sends_and_arrive_whole(root, monkeypatch):
+    (root / "big.bin").write_bytes(os.urandom(5 * 16 * 8192 + 7))
+    config = ServerConfig(dally=0.05, shutdown_grace=0)
+    script = ["ack0"] + ["ack"] * 6
+    fast, fast_got, served = run(root, script, {"blksize": "8192", "windowsize": "16"}, config, True, monkeypatch)
+    pure, pure_got, _ = run(root, script, {"blksize": "8192", "windowsize": "16"}, config, False, monkeypatch)
+    assert served >= 4 and fast == pure and fast_got == pure_got
+    assert fast[-1][0] == "ok"
+    assert unique_payload(fast_got[0]) == (root / "big.bin").read_bytes()
+
+
+def unique_payload(datagrams):
+    """The file in the DATA packets, each block once (resent ones too)."""
+    blocks = {}
+    for d in datagrams:
+        if packet.opcode_of(d) == packet.DATA:
+            blocks.setdefault((d[2] << 8) | d[3], d[4:])
+    return b"".join(blocks[n] for n in sorted(blocks))

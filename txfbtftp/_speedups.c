@@ -1,0 +1,854 @@
+/* The compiled twin of a download's DATA hot path (optional).
+ *
+ * Rules:
+ *
+ * 1. Same state, same steps.  A Lane holds no transfer state of its own: it
+ *    reads and writes the very attributes the pure-Python path uses (the
+ *    ReadMachine's, its Watchdog's and RTOEstimator's, the FileReader's), in
+ *    the order ReadSession.receive -> ReadMachine.receive/_ack -> _pump/feed
+ *    -> SocketLink.send would, so either path may take any datagram.
+ * 2. Only the common step.  An ACK from the session's client that
+ *    acknowledges the whole window of a transfer under way, with no backend
+ *    call pending and no budget gate, is served here.  Anything else (a
+ *    stranger, a duplicate or partial ACK, an ERROR, the last ACK, a read
+ *    error, a deadline that moved earlier) goes back to Python, untouched.
+ * 3. Nothing changes until everything is known.  The blocks are read
+ *    before the first attribute is written; a failure before that point is
+ *    a hand-back, never a half step.
+ * 4. No Python is called but the session's clock.  What Python must do (a
+ *    datagram to hand back, a timer to re-arm) is returned as (call, a, b)
+ *    for the poller to run under its own error handling.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <arpa/inet.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+#define MAX_DATAGRAM 65536
+#define MAX_SEGMENTS 64
+#define MAX_GSO_BYTES 65000
+#define MAX_WINDOW 256
+
+/* Attribute names, interned once. */
+static PyObject *s_machine_state, *s_acked, *s_sent, *s_last, *s_window, *s_clean, *s_burst_at,
+    *s_restart_armed, *s_deadline, *s_established, *s_bytes, *s_bytes_sent, *s_packets_sent,
+    *s_packets_received, *s_last_heard_at, *s_first_reply_at, *s_oack, *s_pending, *s_gate, *s_slot,
+    *s_slot_start, *s_wait, *s_tries, *s_since, *s_srtt, *s_rttvar, *s_rto, *s_floor, *s_buf, *s_pos,
+    *s_offset, *s_readers, *s_offload, *s_after;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;                       /* the session socket */
+    int file;                     /* the file's shared descriptor */
+    struct sockaddr_storage dest; /* the client */
+    socklen_t dest_len;
+    Py_ssize_t blksize, windowsize, read_ahead, budget, reader_window;
+    double longest, first_wait;
+    PyObject *session, *sdict;     /* the ReadSession and its __dict__ */
+    PyObject *machine, *mdict;     /* its ReadMachine and its __dict__ */
+    PyObject *watchdog, *estimator; /* estimator may be Py_None */
+    PyObject *reader, *fs, *sender;
+    PyObject *seconds;            /* the session's clock */
+    PyObject *handler;            /* the pure-Python receiver: handler(data, addr) */
+    PyObject *transfer;           /* State.TRANSFER */
+} Lane;
+
+static void
+Lane_dealloc(Lane *self)
+{
+    Py_XDECREF(self->session); Py_XDECREF(self->sdict); Py_XDECREF(self->machine); Py_XDECREF(self->mdict);
+    Py_XDECREF(self->watchdog); Py_XDECREF(self->estimator); Py_XDECREF(self->reader); Py_XDECREF(self->fs);
+    Py_XDECREF(self->sender); Py_XDECREF(self->seconds); Py_XDECREF(self->handler); Py_XDECREF(self->transfer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+get_ssize(PyObject *obj, const char *name, Py_ssize_t *out)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+get_double(PyObject *obj, const char *name, double *out)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* Lane(session, machine, reader, sock_fd, dest, handler, sender, transfer) */
+static int
+Lane_init(Lane *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *session, *machine, *reader, *dest, *handler, *sender, *transfer, *host, *sched;
+    int fd, port;
+    unsigned int flow = 0, scope = 0;
+    const char *addr;
+    if (!PyArg_ParseTuple(args, "OOOiOOOO", &session, &machine, &reader, &fd, &dest, &handler, &sender,
+                          &transfer))
+        return -1;
+    if (!PyTuple_Check(dest) || !PyArg_ParseTuple(dest, "si|II", &addr, &port, &flow, &scope))
+        return -1;
+    memset(&self->dest, 0, sizeof self->dest);
+    if (PyTuple_GET_SIZE(dest) == 2) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&self->dest;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, addr, &sin->sin_addr) != 1) {
+            PyErr_SetString(PyExc_ValueError, "not an IPv4 address");
+            return -1;
+        }
+        self->dest_len = sizeof *sin;
+    } else {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&self->dest;
+        char plain[INET6_ADDRSTRLEN];
+        const char *pct = strchr(addr, '%');
+        size_t len = pct ? (size_t)(pct - addr) : strlen(addr);
+        if (len >= sizeof plain) {
+            PyErr_SetString(PyExc_ValueError, "not an IPv6 address");
+            return -1;
+        }
+        memcpy(plain, addr, len);
+        plain[len] = 0;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        sin6->sin6_flowinfo = htonl(flow);
+        sin6->sin6_scope_id = scope;
+        if (inet_pton(AF_INET6, plain, &sin6->sin6_addr) != 1) {
+            PyErr_SetString(PyExc_ValueError, "not an IPv6 address");
+            return -1;
+        }
+        self->dest_len = sizeof *sin6;
+    }
+    self->fd = fd;
+    if (get_ssize(machine, "blksize", &self->blksize) || get_ssize(machine, "windowsize", &self->windowsize)
+        || get_ssize(reader, "READ_AHEAD", &self->read_ahead) || get_ssize(reader, "BUDGET", &self->budget)
+        || get_ssize(reader, "window", &self->reader_window))
+        return -1;
+    {
+        Py_ssize_t file;
+        if (get_ssize(reader, "_fd", &file))
+            return -1;
+        self->file = (int)file;
+    }
+    if (self->windowsize < 1 || self->windowsize > MAX_WINDOW || self->blksize < 8 || self->blksize > 65464) {
+        PyErr_SetString(PyExc_ValueError, "window or block size out of range");
+        return -1;
+    }
+    self->watchdog = PyObject_GetAttrString(machine, "watchdog");
+    if (self->watchdog == NULL)
+        return -1;
+    self->estimator = PyObject_GetAttrString(self->watchdog, "estimator");
+    if (self->estimator == NULL)
+        return -1;
+    sched = PyObject_GetAttrString(self->watchdog, "schedule");
+    if (sched == NULL)
+        return -1;
+    {
+        PyObject *waits = PyObject_GetAttrString(sched, "waits");
+        int bad = waits == NULL || get_double(sched, "longest", &self->longest);
+        if (!bad) {
+            PyObject *first = PySequence_GetItem(waits, 0);
+            bad = first == NULL;
+            if (!bad) {
+                self->first_wait = PyFloat_AsDouble(first);
+                bad = PyErr_Occurred() != NULL;
+                Py_DECREF(first);
+            }
+        }
+        Py_XDECREF(waits);
+        Py_DECREF(sched);
+        if (bad)
+            return -1;
+    }
+    self->fs = PyObject_GetAttrString(reader, "_fs");
+    if (self->fs == NULL)
+        return -1;
+    host = PyObject_GetAttrString(session, "_seconds");
+    if (host == NULL)
+        return -1;
+    self->seconds = host;
+    self->sdict = PyObject_GenericGetDict(session, NULL);
+    self->mdict = PyObject_GenericGetDict(machine, NULL);
+    if (self->sdict == NULL || self->mdict == NULL)
+        return -1;
+    Py_INCREF(session); self->session = session;
+    Py_INCREF(machine); self->machine = machine;
+    Py_INCREF(reader); self->reader = reader;
+    Py_INCREF(handler); self->handler = handler;
+    Py_INCREF(sender); self->sender = sender;
+    Py_INCREF(transfer); self->transfer = transfer;
+    return 0;
+}
+
+/* --- reading attributes without a reference; NULL means "not as expected" --- */
+
+static PyObject *
+dget(PyObject *dict, PyObject *name)
+{
+    return PyDict_GetItemWithError(dict, name); /* borrowed */
+}
+
+static int
+dget_long(PyObject *dict, PyObject *name, long *out)
+{
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    *out = PyLong_AsLong(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+dset_long(PyObject *dict, PyObject *name, long value)
+{
+    PyObject *v = PyLong_FromLong(value);
+    int r = v == NULL ? -1 : PyDict_SetItem(dict, name, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+static int
+dadd_long(PyObject *dict, PyObject *name, long delta)
+{
+    long v;
+    if (dget_long(dict, name, &v))
+        return -1;
+    return dset_long(dict, name, v + delta);
+}
+
+static int
+dset_double(PyObject *dict, PyObject *name, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    int r = v == NULL ? -1 : PyDict_SetItem(dict, name, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+static int
+aget_double(PyObject *obj, PyObject *name, double *out, int *is_none)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *is_none = v == Py_None;
+    *out = *is_none ? 0.0 : PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (!*is_none && *out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+aset_double(PyObject *obj, PyObject *name, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    int r = v == NULL ? -1 : PyObject_SetAttr(obj, name, v);
+    Py_XDECREF(v);
+    return r;
+}
+
+/* --- the reader: FileReader.read, on local copies (rule 3) --- */
+
+typedef struct {
+    PyObject *buf; /* new reference */
+    Py_ssize_t pos;
+    long long offset;
+} ReaderState;
+
+/* The next block of at most n bytes, as a DATA packet (4 header bytes left
+ * for the caller), or NULL with errno set (or a Python error). */
+static PyObject *
+read_packet(Lane *L, ReaderState *r, Py_ssize_t n)
+{
+    Py_ssize_t len = PyBytes_GET_SIZE(r->buf), pos = r->pos, end = pos + n;
+    PyObject *pkt;
+    if (end <= len) {
+        pkt = PyBytes_FromStringAndSize(NULL, n + 4);
+        if (pkt == NULL)
+            return NULL;
+        memcpy(PyBytes_AS_STRING(pkt) + 4, PyBytes_AS_STRING(r->buf) + pos, n);
+        if (end == len) {
+            Py_SETREF(r->buf, PyBytes_FromStringAndSize(NULL, 0));
+            r->pos = 0;
+            if (r->buf == NULL) {
+                Py_DECREF(pkt);
+                return NULL;
+            }
+        } else {
+            r->pos = end;
+        }
+        return pkt;
+    }
+    {
+        Py_ssize_t rest = len - pos, ahead = L->reader_window, got;
+        PyObject *chunk;
+        if (ahead == 1) {
+            long readers;
+            PyObject *v = PyObject_GetAttr(L->fs, s_readers);
+            if (v == NULL)
+                return NULL;
+            readers = PyLong_AsLong(v);
+            Py_DECREF(v);
+            if (readers == -1 && PyErr_Occurred())
+                return NULL;
+            if (readers < 1)
+                readers = 1;
+            ahead = L->budget / (readers * n);
+            if (ahead > L->read_ahead)
+                ahead = L->read_ahead;
+            if (ahead < 1)
+                ahead = 1;
+        }
+        chunk = PyBytes_FromStringAndSize(NULL, rest + n * ahead);
+        if (chunk == NULL)
+            return NULL;
+        memcpy(PyBytes_AS_STRING(chunk), PyBytes_AS_STRING(r->buf) + pos, rest);
+        got = pread(L->file, PyBytes_AS_STRING(chunk) + rest, n * ahead, r->offset);
+        if (got < 0) {
+            Py_DECREF(chunk);
+            return NULL; /* errno says why */
+        }
+        r->offset += got;
+        if (rest + got <= n) {
+            pkt = PyBytes_FromStringAndSize(NULL, rest + got + 4);
+            if (pkt != NULL)
+                memcpy(PyBytes_AS_STRING(pkt) + 4, PyBytes_AS_STRING(chunk), rest + got);
+            Py_DECREF(chunk);
+            Py_SETREF(r->buf, PyBytes_FromStringAndSize(NULL, 0));
+            r->pos = 0;
+            if (r->buf == NULL)
+                Py_CLEAR(pkt);
+            return pkt;
+        }
+        if (_PyBytes_Resize(&chunk, rest + got) < 0)
+            return NULL;
+        pkt = PyBytes_FromStringAndSize(NULL, n + 4);
+        if (pkt == NULL) {
+            Py_DECREF(chunk);
+            return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(pkt) + 4, PyBytes_AS_STRING(chunk), n);
+        Py_SETREF(r->buf, chunk);
+        r->pos = n;
+        return pkt;
+    }
+}
+
+/* --- sending: BatchSender.send --- */
+
+static int
+send_one(Lane *L, PyObject *pkt)
+{
+    /* best effort: a full buffer is a lost packet, which the watchdog resends */
+    (void)sendto(L->fd, PyBytes_AS_STRING(pkt), PyBytes_GET_SIZE(pkt), 0, (struct sockaddr *)&L->dest,
+                 L->dest_len);
+    return 0;
+}
+
+static int
+send_window(Lane *L, PyObject **pkts, Py_ssize_t n)
+{
+    int offload;
+    Py_ssize_t i = 0;
+    PyObject *v = PyObject_GetAttr(L->sender, s_offload);
+    if (v == NULL)
+        return -1;
+    offload = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (offload < 0)
+        return -1;
+    while (i < n) {
+        Py_ssize_t size = PyBytes_GET_SIZE(pkts[i]), j = i + 1;
+        if (offload) {
+            Py_ssize_t most = n, bound = i + MAX_SEGMENTS, fit = MAX_GSO_BYTES / size;
+            if (bound < most)
+                most = bound;
+            if (fit < 1)
+                fit = 1;
+            if (i + fit < most)
+                most = i + fit;
+            while (j < most && PyBytes_GET_SIZE(pkts[j]) == size)
+                j++;
+            if (j < most && PyBytes_GET_SIZE(pkts[j]) < size)
+                j++;
+        }
+        if (j - i == 1) {
+            send_one(L, pkts[i]);
+        } else {
+            struct iovec iov[MAX_SEGMENTS];
+            char control[CMSG_SPACE(sizeof(uint16_t))];
+            struct msghdr msg;
+            struct cmsghdr *cm;
+            uint16_t seg = (uint16_t)size;
+            Py_ssize_t k;
+            for (k = i; k < j; k++) {
+                iov[k - i].iov_base = PyBytes_AS_STRING(pkts[k]);
+                iov[k - i].iov_len = PyBytes_GET_SIZE(pkts[k]);
+            }
+            memset(&msg, 0, sizeof msg);
+            memset(control, 0, sizeof control);
+            msg.msg_name = &L->dest;
+            msg.msg_namelen = L->dest_len;
+            msg.msg_iov = iov;
+            msg.msg_iovlen = j - i;
+            msg.msg_control = control;
+            msg.msg_controllen = sizeof control;
+            cm = CMSG_FIRSTHDR(&msg);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof seg);
+            memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+            if (sendmsg(L->fd, &msg, 0) < 0 && (errno == EINVAL || errno == ENOPROTOOPT || errno == EIO
+                                                || errno == EOPNOTSUPP)) {
+                offload = 0;
+                if (PyObject_SetAttr(L->sender, s_offload, Py_False) < 0)
+                    return -1;
+                continue;
+            }
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* --- one datagram --- */
+
+static PyObject *
+make_addr(struct sockaddr_storage *ss)
+{
+    char host[NI_MAXHOST];
+    if (ss->ss_family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host) == NULL)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(si)", host, ntohs(sin->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        int err = getnameinfo((struct sockaddr *)ss, sizeof *sin6, host, sizeof host, NULL, 0, NI_NUMERICHOST);
+        if (err) {
+            PyErr_SetString(PyExc_OSError, gai_strerror(err));
+            return NULL;
+        }
+        return Py_BuildValue("(siII)", host, ntohs(sin6->sin6_port), ntohl(sin6->sin6_flowinfo),
+                             sin6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+from_client(Lane *L, struct sockaddr_storage *src)
+{
+    if (src->ss_family != L->dest.ss_family)
+        return 0;
+    if (src->ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)src, *b = (struct sockaddr_in *)&L->dest;
+        return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)src, *b = (struct sockaddr_in6 *)&L->dest;
+        return a->sin6_port == b->sin6_port && a->sin6_scope_id == b->sin6_scope_id
+               && memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0;
+    }
+}
+
+/* The whole-window ACK step; 1 when served, 0 to hand back (nothing
+ * changed), -1 on a Python error after the step began to commit. */
+static int
+fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
+{
+    PyObject *sd = L->sdict, *md = L->mdict, *v, *window, *now_obj;
+    PyObject *pkts[MAX_WINDOW];
+    Py_ssize_t count = 0, k, bs = L->blksize;
+    long acked, sent, off, number, last = -1;
+    double now, deadline = 0.0;
+    int clean, has_deadline = 0, r = -1;
+    ReaderState rs;
+
+    if (n < 4 || data[0] != 0 || data[1] != 4)
+        return 0;
+    number = (data[2] << 8) | data[3];
+    /* the session: no backend call pending, no gate */
+    v = dget(sd, s_wait);
+    if (v == NULL)
+        goto hand_back;
+    v = PyObject_GetAttr(v, s_pending);
+    if (v == NULL)
+        goto hand_back;
+    Py_DECREF(v);
+    if (v != Py_None)
+        return 0;
+    v = dget(sd, s_gate);
+    if (v != Py_None)
+        goto hand_back;
+    /* the machine: under way, the ACK is for the whole window, not the last */
+    if (dget(md, s_machine_state) != L->transfer)
+        goto hand_back;
+    if (dget_long(md, s_acked, &acked) || dget_long(md, s_sent, &sent))
+        goto hand_back;
+    if (dget(md, s_last) != Py_None)
+        goto hand_back;  /* the last block is out: its ACK ends the transfer */
+    off = (number - acked) & 0xFFFF;
+    if (off == 0 || off != sent - acked)
+        goto hand_back;
+    window = dget(md, s_window);
+    if (window == NULL || !PyList_CheckExact(window) || PyList_GET_SIZE(window) != off)
+        goto hand_back;
+    v = dget(md, s_clean);
+    if (v == NULL)
+        goto hand_back;
+    clean = v == Py_True;
+
+    /* read the blocks the window will take (rule 3) */
+    {
+        PyObject *b = PyObject_GetAttr(L->reader, s_buf), *p, *o;
+        if (b == NULL)
+            goto hand_back;
+        if (!PyBytes_CheckExact(b)) {
+            Py_DECREF(b);
+            return 0;
+        }
+        p = PyObject_GetAttr(L->reader, s_pos);
+        o = PyObject_GetAttr(L->reader, s_offset);
+        rs.buf = b;
+        rs.pos = p ? PyLong_AsSsize_t(p) : -1;
+        rs.offset = o ? PyLong_AsLongLong(o) : -1;
+        Py_XDECREF(p);
+        Py_XDECREF(o);
+        if (rs.pos < 0 || rs.offset < 0) {
+            Py_DECREF(b);
+            goto hand_back;
+        }
+    }
+    for (k = 0; k < L->windowsize; k++) {
+        PyObject *pkt = read_packet(L, &rs, bs);
+        Py_ssize_t got;
+        if (pkt == NULL) {
+            PyErr_Clear();
+            for (Py_ssize_t i = 0; i < count; i++)
+                Py_DECREF(pkts[i]);
+            Py_DECREF(rs.buf);
+            return 0; /* Python reads again and reports the error */
+        }
+        pkts[count++] = pkt;
+        got = PyBytes_GET_SIZE(pkt) - 4;
+        if (got < bs) {
+            last = sent + count;
+            break;
+        }
+    }
+    now_obj = PyObject_CallNoArgs(L->seconds);
+    if (now_obj == NULL)
+        goto fail_read;
+    now = PyFloat_AsDouble(now_obj);
+    Py_DECREF(now_obj);
+    if (now == -1.0 && PyErr_Occurred())
+        goto fail_read;
+
+    /* commit: ReadMachine.receive -> _heard */
+    if (dadd_long(md, s_packets_received, 1) || dset_double(md, s_last_heard_at, now))
+        goto fail;
+    if (dget(md, s_first_reply_at) == Py_None && dset_double(md, s_first_reply_at, now))
+        goto fail;
+    /* _ack */
+    if (PyDict_SetItem(md, s_established, Py_True))
+        goto fail;
+    if (clean && L->estimator != Py_None && (acked || dget(md, s_oack) != Py_None)) {
+        double burst, srtt, rttvar, rto, floor, rtt;
+        int none, none2;
+        v = dget(md, s_burst_at);
+        if (v == NULL || (burst = PyFloat_AsDouble(v)) == -1.0 || PyErr_Occurred())
+            goto fail;
+        rtt = now - burst;
+        if (aget_double(L->estimator, s_srtt, &srtt, &none) || aget_double(L->estimator, s_floor, &floor, &none2))
+            goto fail;
+        if (none) {
+            srtt = rtt;
+            rttvar = rtt / 2;
+        } else {
+            if (aget_double(L->estimator, s_rttvar, &rttvar, &none2))
+                goto fail;
+            rttvar += (fabs(srtt - rtt) - rttvar) / 4;
+            srtt += (rtt - srtt) / 8;
+        }
+        rto = srtt + 4 * rttvar;
+        if (aset_double(L->estimator, s_srtt, srtt) || aset_double(L->estimator, s_rttvar, rttvar)
+            || aset_double(L->estimator, s_rto, rto > floor ? rto : floor))
+            goto fail;
+    }
+    acked += off;
+    if (dset_long(md, s_acked, acked) || PyList_SetSlice(window, 0, off, NULL))
+        goto fail;
+    /* feed, block by block */
+    for (k = 0; k < count; k++) {
+        PyObject *pkt = pkts[k];
+        long idx = sent + 1 + k;
+        Py_ssize_t got = PyBytes_GET_SIZE(pkt) - 4;
+        unsigned char *h = (unsigned char *)PyBytes_AS_STRING(pkt);
+        h[0] = 0;
+        h[1] = 3;
+        h[2] = (idx >> 8) & 0xFF;
+        h[3] = idx & 0xFF;
+        if (k == 0) {
+            double wait, rto;
+            int none;
+            if (dset_double(md, s_burst_at, now) || PyDict_SetItem(md, s_clean, Py_True))
+                goto fail;
+            /* Watchdog.progress */
+            v = PyLong_FromLong(0);
+            if (v == NULL || PyObject_SetAttr(L->watchdog, s_tries, v)) {
+                Py_XDECREF(v);
+                goto fail;
+            }
+            Py_DECREF(v);
+            if (aset_double(L->watchdog, s_since, now))
+                goto fail;
+            wait = L->first_wait;
+            if (L->estimator != Py_None) {
+                double srtt;
+                if (aget_double(L->estimator, s_srtt, &srtt, &none))
+                    goto fail;
+                if (!none) {
+                    if (aget_double(L->estimator, s_rto, &rto, &none))
+                        goto fail;
+                    wait = rto < L->longest ? rto : L->longest;
+                }
+            }
+            deadline = now + wait;
+            has_deadline = 1;
+        }
+        if (PyList_Append(window, pkt))
+            goto fail;
+        (void)got;
+    }
+    {
+        long payload = 0;
+        for (k = 0; k < count; k++)
+            payload += PyBytes_GET_SIZE(pkts[k]) - 4;
+        if (dset_long(md, s_sent, sent + count) || dadd_long(md, s_bytes, payload)
+            || dadd_long(md, s_bytes_sent, payload) || dadd_long(md, s_packets_sent, count))
+            goto fail;
+    }
+    if (PyDict_SetItem(md, s_restart_armed, Py_True))
+        goto fail;
+    if (last >= 0) {
+        v = PyLong_FromLong(last);
+        if (v == NULL || PyDict_SetItem(md, s_last, v)) {
+            Py_XDECREF(v);
+            goto fail;
+        }
+        Py_DECREF(v);
+    }
+    if (has_deadline ? dset_double(md, s_deadline, deadline) : PyDict_SetItem(md, s_deadline, Py_None))
+        goto fail;
+    {
+        PyObject *reader = L->reader, *p;
+        if (PyObject_SetAttr(reader, s_buf, rs.buf))
+            goto fail;
+        p = PyLong_FromSsize_t(rs.pos);
+        if (p == NULL || PyObject_SetAttr(reader, s_pos, p)) {
+            Py_XDECREF(p);
+            goto fail;
+        }
+        Py_DECREF(p);
+        p = PyLong_FromLongLong(rs.offset);
+        if (p == NULL || PyObject_SetAttr(reader, s_offset, p)) {
+            Py_XDECREF(p);
+            goto fail;
+        }
+        Py_DECREF(p);
+    }
+    /* send */
+    if (count == 1)
+        send_one(L, pkts[0]);
+    else if (count > 1 && send_window(L, pkts, count))
+        goto fail;
+    /* Session._after: the timer wheel knows a slot at or before the deadline? */
+    if (has_deadline) {
+        PyObject *slot = dget(sd, s_slot);
+        double start = 0.0;
+        int rearm = slot == NULL || slot == Py_None;
+        if (!rearm) {
+            v = dget(sd, s_slot_start);
+            if (v == NULL || ((start = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) {
+                PyErr_Clear();
+                rearm = 1;
+            } else {
+                rearm = deadline < start;
+            }
+        }
+        if (rearm) {
+            PyObject *after = PyObject_GetAttr(L->session, s_after), *t, *nw = PyFloat_FromDouble(now);
+            t = (after && nw) ? PyTuple_Pack(3, after, L->machine, nw) : NULL;
+            Py_XDECREF(after);
+            Py_XDECREF(nw);
+            if (t == NULL || PyList_Append(later, t)) {
+                Py_XDECREF(t);
+                goto fail;
+            }
+            Py_DECREF(t);
+        }
+    }
+    r = 1;
+fail:
+    for (k = 0; k < count; k++)
+        Py_DECREF(pkts[k]);
+    Py_DECREF(rs.buf);
+    return r;
+fail_read:
+    PyErr_Clear();
+    for (k = 0; k < count; k++)
+        Py_DECREF(pkts[k]);
+    Py_DECREF(rs.buf);
+    return 0;
+hand_back:
+    PyErr_Clear();
+    return 0;
+}
+
+/* serve(events, lanes) -> (rest, later)
+ *
+ * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
+ * each event of a lane and serves it, or hands it back; rest is the events
+ * of other descriptors, later the (call, a, b) Python must run. */
+static PyObject *
+serve(PyObject *module, PyObject *args)
+{
+    PyObject *events, *lanes, *rest, *later, *result;
+    Py_ssize_t i, n;
+    unsigned char *buf;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &events, &PyDict_Type, &lanes))
+        return NULL;
+    rest = PyList_New(0);
+    later = PyList_New(0);
+    buf = PyMem_Malloc(MAX_DATAGRAM);
+    if (rest == NULL || later == NULL || buf == NULL)
+        goto error;
+    n = PyList_GET_SIZE(events);
+    for (i = 0; i < n; i++) {
+        PyObject *ev = PyList_GET_ITEM(events, i), *fdo, *lane_obj;
+        Lane *L;
+        struct sockaddr_storage src;
+        socklen_t slen = sizeof src;
+        ssize_t got;
+        int step;
+        if (!PyTuple_Check(ev) || PyTuple_GET_SIZE(ev) < 1) {
+            PyErr_SetString(PyExc_TypeError, "events are (fd, mask)");
+            goto error;
+        }
+        fdo = PyTuple_GET_ITEM(ev, 0);
+        lane_obj = PyDict_GetItemWithError(lanes, fdo);
+        if (lane_obj == NULL) {
+            if (PyErr_Occurred() || PyList_Append(rest, ev))
+                goto error;
+            continue;
+        }
+        L = (Lane *)lane_obj;
+        Py_INCREF(L);
+        got = recvfrom(L->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
+        if (got < 0) {
+            Py_DECREF(L);
+            continue; /* EAGAIN, or an ICMP error queued on the socket */
+        }
+        step = from_client(L, &src) ? fast_step(L, buf, got, later) : 0;
+        if (step == 0) {
+            PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src), *t = NULL;
+            if (data && addr)
+                t = PyTuple_Pack(3, L->handler, data, addr);
+            Py_XDECREF(data);
+            Py_XDECREF(addr);
+            if (t == NULL || PyList_Append(later, t)) {
+                Py_XDECREF(t);
+                Py_DECREF(L);
+                goto error;
+            }
+            Py_DECREF(t);
+        }
+        Py_DECREF(L);
+        if (step < 0)
+            goto error;
+    }
+    PyMem_Free(buf);
+    result = PyTuple_Pack(2, rest, later);
+    Py_DECREF(rest);
+    Py_DECREF(later);
+    return result;
+error:
+    PyMem_Free(buf);
+    Py_XDECREF(rest);
+    Py_XDECREF(later);
+    return NULL;
+}
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "txfbtftp._speedups.Lane",
+    .tp_doc = "The DATA hot path of one download, compiled: see the module's rules.",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+};
+
+static PyMethodDef methods[] = {
+    {"serve", serve, METH_VARARGS, "Serve the events of lanes; return (rest, later)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "txfbtftp._speedups", "The compiled twin of a download's DATA hot path.", -1, methods,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m;
+    INTERN(s_machine_state, "state"); INTERN(s_acked, "_acked"); INTERN(s_sent, "_sent");
+    INTERN(s_last, "_last"); INTERN(s_window, "_window"); INTERN(s_clean, "_clean");
+    INTERN(s_burst_at, "_burst_at"); INTERN(s_restart_armed, "_restart_armed"); INTERN(s_deadline, "deadline");
+    INTERN(s_established, "established"); INTERN(s_bytes, "bytes"); INTERN(s_bytes_sent, "bytes_sent");
+    INTERN(s_packets_sent, "packets_sent"); INTERN(s_packets_received, "packets_received");
+    INTERN(s_last_heard_at, "last_heard_at"); INTERN(s_first_reply_at, "first_reply_at"); INTERN(s_oack, "oack");
+    INTERN(s_pending, "pending"); INTERN(s_gate, "_gate"); INTERN(s_slot, "_slot");
+    INTERN(s_slot_start, "_slot_start"); INTERN(s_wait, "_wait"); INTERN(s_tries, "tries");
+    INTERN(s_since, "since"); INTERN(s_srtt, "srtt"); INTERN(s_rttvar, "rttvar"); INTERN(s_rto, "rto");
+    INTERN(s_floor, "floor"); INTERN(s_buf, "_buf"); INTERN(s_pos, "_pos"); INTERN(s_offset, "_offset");
+    INTERN(s_readers, "readers"); INTERN(s_offload, "offload"); INTERN(s_after, "_after");
+    if (PyType_Ready(&LaneType) < 0)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
+        Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,14 @@
+"""The compiled twin of a download's DATA hot path (txfbtftp/_speedups.c)."""
+from collections.abc import Callable
+from typing import Any
+
+class Lane:
+    """One download's whole-window ACKs, served without Python."""
+
+    def __init__(self, session: Any, machine: Any, reader: Any, fd: int, dest: tuple[Any, ...],
+                 handler: Callable[[bytes, tuple[Any, ...]], None], sender: Any, transfer: Any) -> None: ...
+
+def serve(events: list[tuple[int, int]], lanes: dict[int, Lane]
+          ) -> tuple[list[tuple[int, int]], list[tuple[Callable[[Any, Any], object], Any, Any]]]:
+    """Serve the events of ``lanes``' sockets; the other events, and the
+    calls Python must make (a datagram handed back, a timer to re-arm)."""
