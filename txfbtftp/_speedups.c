@@ -67,12 +67,29 @@ typedef struct {
     PyObject *transfer;           /* State.TRANSFER */
 } Lane;
 
+static int
+Lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->session); Py_VISIT(self->sdict); Py_VISIT(self->machine); Py_VISIT(self->mdict);
+    Py_VISIT(self->watchdog); Py_VISIT(self->estimator); Py_VISIT(self->reader); Py_VISIT(self->fs);
+    Py_VISIT(self->sender); Py_VISIT(self->seconds); Py_VISIT(self->handler); Py_VISIT(self->transfer);
+    return 0;
+}
+
+static int
+Lane_clear(Lane *self)
+{
+    Py_CLEAR(self->session); Py_CLEAR(self->sdict); Py_CLEAR(self->machine); Py_CLEAR(self->mdict);
+    Py_CLEAR(self->watchdog); Py_CLEAR(self->estimator); Py_CLEAR(self->reader); Py_CLEAR(self->fs);
+    Py_CLEAR(self->sender); Py_CLEAR(self->seconds); Py_CLEAR(self->handler); Py_CLEAR(self->transfer);
+    return 0;
+}
+
 static void
 Lane_dealloc(Lane *self)
 {
-    Py_XDECREF(self->session); Py_XDECREF(self->sdict); Py_XDECREF(self->machine); Py_XDECREF(self->mdict);
-    Py_XDECREF(self->watchdog); Py_XDECREF(self->estimator); Py_XDECREF(self->reader); Py_XDECREF(self->fs);
-    Py_XDECREF(self->sender); Py_XDECREF(self->seconds); Py_XDECREF(self->handler); Py_XDECREF(self->transfer);
+    PyObject_GC_UnTrack(self);
+    Lane_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -807,7 +824,9 @@ static PyTypeObject LaneType = {
     .tp_name = "txfbtftp._speedups.Lane",
     .tp_doc = "The DATA hot path of one download, compiled: see the module's rules.",
     .tp_basicsize = sizeof(Lane),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Lane_traverse,
+    .tp_clear = (inquiry)Lane_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Lane_init,
     .tp_dealloc = (destructor)Lane_dealloc,

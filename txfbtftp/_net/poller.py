@@ -232,7 +232,13 @@ class SessionSockets:
 
     def _serve_lanes(self, events: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Let the lanes serve their sockets' datagrams; the events left."""
-        rest, later = _speedups.serve(events, self._lanes)
+        try:
+            rest, later = _speedups.serve(events, self._lanes)
+        except Exception:
+            # Only a failure to allocate gets here: this batch's datagrams
+            # are lost packets, which the sessions' timers resend.
+            log.failure("error in the compiled lanes")
+            return []
         for call, a, b in later:
             try:
                 call(a, b)  # a datagram handed back, or a timer to re-arm
