@@ -68,12 +68,13 @@ class Twin:
         self.tid = ("127.0.0.1", session.link.port)
         self.collect()
 
-    def send(self, data, sock=None):
+    def send(self, data, sock=None, read=True):
         if self.session.record is not None:
             return  # the transfer is over: the client has nothing more to say
         (sock or self.client).sendto(data, self.tid)
         select.select([self.sockets.fileno()], [], [], 2)
-        self.sockets.doRead()
+        if read:
+            self.sockets.doRead()
         self.collect()
 
     def advance(self, seconds):
@@ -141,6 +142,10 @@ def run(root, script, options, config, lanes, monkeypatch):
                 twin.send(packet.ack(n))
             elif action == "stranger":
                 twin.send(packet.ack(n), twin.stranger)
+            elif action == "unread":
+                # the ACK waits unread until the deadline: the session drains it
+                twin.send(packet.ack(n), read=False)
+                twin.advance(1.5)
             elif action == "late":
                 twin.advance(1.5)  # past any deadline: the window is resent
             elif action == "error":
@@ -157,8 +162,9 @@ def run(root, script, options, config, lanes, monkeypatch):
 
 SIZE = 40 * 512 + 100
 STEADY = [0.004, "ack"] * 6
-LOCKSTEP = ["ack"] + STEADY + ["dup", 0.002, "ack", "stranger", 0.003, "ack", "late", "ack"] + STEADY + ["ack"] * 30
-WINDOWED = (["ack0"] + STEADY + ["partial", 0.001, "ack", "dup", "late", "ack", "stranger", "ack"]
+LOCKSTEP = (["ack"] + STEADY + ["dup", 0.002, "ack", "stranger", 0.003, "ack", "late", "ack", "unread"] + STEADY
+            + ["ack"] * 30)
+WINDOWED = (["ack0"] + STEADY + ["partial", 0.001, "ack", "dup", "late", "ack", "stranger", "ack", "unread"]
             + STEADY + ["ack"] * 10)
 
 

@@ -450,3 +450,16 @@ def test_a_backend_counts_in_the_service_statistics_through_wrappers():
     svc = TFTPService(RemapBackend(ChainBackend([MemoryBackend(), inner]), []), Clock(), 0, ["127.0.0.1"])
     inner.increment("cache_hits", 2)
     assert svc.stats.get_counter("cache_hits") == 2 and svc.stats.totals["cache_hits"] == 2
+
+
+def test_a_record_as_a_dict_is_every_field_with_its_own_option_dicts():
+    import dataclasses
+
+    from txfbtftp import SessionRecord
+    values = {f.name: "x%d" % i for i, f in enumerate(dataclasses.fields(SessionRecord))}
+    values.update(options_requested={"blksize": "1468"}, options_acknowledged={"tsize": "0"}, bytes_transferred=7)
+    record = SessionRecord(**values)
+    d = record.as_dict()
+    assert d == dataclasses.asdict(record) and list(d) == list(values)
+    d["options_requested"]["blksize"] = "512"  # the caller's copy, not the record's
+    assert record.options_requested == {"blksize": "1468"}

@@ -745,6 +745,75 @@ hand_back:
     return 0;
 }
 
+/* One datagram on a lane's socket: served, or handed back in ``later``.
+ * 0 when one was read, 1 when none was waiting, -1 on a Python error. */
+static int
+lane_event(Lane *L, unsigned char *buf, PyObject *later)
+{
+    struct sockaddr_storage src;
+    socklen_t slen = sizeof src;
+    ssize_t got;
+    int step;
+    Py_INCREF(L);
+    got = recvfrom(L->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
+    if (got < 0) {
+        Py_DECREF(L);
+        /* nothing waiting, or an ICMP error queued on the socket */
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : 0;
+    }
+    step = from_client(L, &src) ? fast_step(L, buf, got, later) : 0;
+    if (step == 0) {
+        PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src), *t = NULL;
+        if (data && addr)
+            t = PyTuple_Pack(3, L->handler, data, addr);
+        Py_XDECREF(data);
+        Py_XDECREF(addr);
+        if (t == NULL || PyList_Append(later, t)) {
+            Py_XDECREF(t);
+            Py_DECREF(L);
+            return -1;
+        }
+        Py_DECREF(t);
+    }
+    Py_DECREF(L);
+    return step < 0 ? -1 : 0;
+}
+
+/* Lane.drain(limit) -> later: what already waits on the socket, up to
+ * ``limit`` datagrams, before the session decides one was lost. */
+static PyObject *
+Lane_drain(Lane *self, PyObject *arg)
+{
+    long i, limit = PyLong_AsLong(arg);
+    PyObject *later;
+    unsigned char *buf;
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    later = PyList_New(0);
+    buf = PyMem_Malloc(MAX_DATAGRAM);
+    if (later == NULL || buf == NULL) {
+        PyMem_Free(buf);
+        Py_XDECREF(later);
+        return PyErr_NoMemory();
+    }
+    for (i = 0; i < limit; i++) {
+        int r = lane_event(self, buf, later);
+        if (r < 0) {
+            Py_CLEAR(later);
+            break;
+        }
+        if (r == 1)
+            break;
+    }
+    PyMem_Free(buf);
+    return later;
+}
+
+static PyMethodDef lane_methods[] = {
+    {"drain", (PyCFunction)Lane_drain, METH_O, "Read what waits, up to limit datagrams; the calls Python must make."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* serve(events, lanes) -> (rest, later)
  *
  * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
@@ -766,11 +835,6 @@ serve(PyObject *module, PyObject *args)
     n = PyList_GET_SIZE(events);
     for (i = 0; i < n; i++) {
         PyObject *ev = PyList_GET_ITEM(events, i), *fdo, *lane_obj;
-        Lane *L;
-        struct sockaddr_storage src;
-        socklen_t slen = sizeof src;
-        ssize_t got;
-        int step;
         if (!PyTuple_Check(ev) || PyTuple_GET_SIZE(ev) < 1) {
             PyErr_SetString(PyExc_TypeError, "events are (fd, mask)");
             goto error;
@@ -782,29 +846,7 @@ serve(PyObject *module, PyObject *args)
                 goto error;
             continue;
         }
-        L = (Lane *)lane_obj;
-        Py_INCREF(L);
-        got = recvfrom(L->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
-        if (got < 0) {
-            Py_DECREF(L);
-            continue; /* EAGAIN, or an ICMP error queued on the socket */
-        }
-        step = from_client(L, &src) ? fast_step(L, buf, got, later) : 0;
-        if (step == 0) {
-            PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src), *t = NULL;
-            if (data && addr)
-                t = PyTuple_Pack(3, L->handler, data, addr);
-            Py_XDECREF(data);
-            Py_XDECREF(addr);
-            if (t == NULL || PyList_Append(later, t)) {
-                Py_XDECREF(t);
-                Py_DECREF(L);
-                goto error;
-            }
-            Py_DECREF(t);
-        }
-        Py_DECREF(L);
-        if (step < 0)
+        if (lane_event((Lane *)lane_obj, buf, later) < 0)
             goto error;
     }
     PyMem_Free(buf);
@@ -827,6 +869,7 @@ static PyTypeObject LaneType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)Lane_traverse,
     .tp_clear = (inquiry)Lane_clear,
+    .tp_methods = lane_methods,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Lane_init,
     .tp_dealloc = (destructor)Lane_dealloc,

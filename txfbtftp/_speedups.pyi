@@ -7,6 +7,9 @@ class Lane:
 
     def __init__(self, session: Any, machine: Any, reader: Any, fd: int, dest: tuple[Any, ...],
                  handler: Callable[[bytes, tuple[Any, ...]], None], sender: Any, transfer: Any) -> None: ...
+    def drain(self, limit: int) -> list[tuple[Callable[[Any, Any], object], Any, Any]]:
+        """Serve what already waits on the socket, up to ``limit``
+        datagrams; the calls Python must make."""
 
 def serve(events: list[tuple[int, int]], lanes: dict[int, Lane]
           ) -> tuple[list[tuple[int, int]], list[tuple[Callable[[Any, Any], object], Any, Any]]]:

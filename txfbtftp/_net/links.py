@@ -85,6 +85,8 @@ class SocketLink:
 
     def drain(self) -> None:
         sock = self._sock
+        if self._poller.drain(sock, 64):
+            return
         for _ in range(64):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)

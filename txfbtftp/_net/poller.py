@@ -239,12 +239,22 @@ class SessionSockets:
             # are lost packets, which the sessions' timers resend.
             log.failure("error in the compiled lanes")
             return []
-        for call, a, b in later:
-            try:
-                call(a, b)  # a datagram handed back, or a timer to re-arm
-            except Exception:
-                log.failure("error handling a datagram")
+        _run(later)
         return rest
+
+    def drain(self, sock: socket.socket, limit: int) -> bool:
+        """Serve what already waits on ``sock`` in its lane, if it has one;
+        whether it has."""
+        lane = self._lanes.get(sock.fileno())
+        if lane is None:
+            return False
+        try:
+            later = lane.drain(limit)
+        except Exception:
+            log.failure("error in the compiled lanes")
+            return True
+        _run(later)
+        return True
 
     def _listen(self) -> None:
         """Serve the listening ports ahead of the session sockets still ready."""
@@ -266,3 +276,13 @@ class SessionSockets:
         self._listeners.clear()
         self._lanes.clear()
         self._ep.close()
+
+
+def _run(later: list[tuple[Callable[[Any, Any], object], Any, Any]]) -> None:
+    """Make the calls a lane left to Python: a datagram handed back, or a
+    timer to re-arm."""
+    for call, a, b in later:
+        try:
+            call(a, b)
+        except Exception:
+            log.failure("error handling a datagram")

@@ -8,7 +8,6 @@ transfer started.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +101,13 @@ class SessionRecord:
         return _SERVER_REASONS.get(self.error_code, "server_error")
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, the option dicts copied (what ``dataclasses.asdict``
+        gives, without its deep copy of every value: one per session ends
+        up in the log)."""
+        d = dict(vars(self))
+        d["options_requested"] = dict(self.options_requested)
+        d["options_acknowledged"] = dict(self.options_acknowledged)
+        return d
 
 
 def log_record(r: SessionRecord) -> None:
