@@ -225,3 +225,43 @@ def unique_payload(datagrams):
         if packet.opcode_of(d) == packet.DATA:
             blocks.setdefault((d[2] << 8) | d[3], d[4:])
     return b"".join(blocks[n] for n in sorted(blocks))
+
+
+_TRANSFER = """
+import os, sys
+from twisted.internet import reactor
+import txfbtftp
+from txfbtftp._net import poller
+assert poller.Lane is None, "the compiled module is there"
+root = sys.argv[1]
+svc = txfbtftp.TFTPService(txfbtftp.FilesystemBackend(root), reactor, 0, ["127.0.0.1"])
+svc.startService()
+got = []
+d = txfbtftp.get(reactor, "127.0.0.1", "small.bin", port=svc.bound_port, blksize=1428)
+d.addBoth(got.append).addBoth(lambda _: reactor.stop())
+reactor.run()
+assert got[0].data == open(os.path.join(root, "small.bin"), "rb").read(), got[0]
+print("served in pure Python")
+"""
+
+
+def test_pip_install_without_a_compiler_installs_the_pure_python_server(tmp_path, root):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(here, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".cache", "build", "_build", "*.egg-info", "__pycache__", "*.so", "example-root"))
+    site = tmp_path / "site"
+    env = dict(os.environ, CC="/bin/false", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(src)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    assert not list(site.rglob("*.so"))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    env.pop("TXFBTFTP_PURE_PYTHON", None)
+    run = subprocess.run([sys.executable, "-c", _TRANSFER, str(root)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "served in pure Python" in run.stdout, run.stderr[-2000:]
