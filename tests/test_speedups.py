@@ -118,8 +118,8 @@ def run(root, script, options, config, lanes, monkeypatch):
     if lanes:
         real = poller._speedups.serve
 
-        def counting(events, table):
-            rest, later = real(events, table)
+        def counting(events, table, failed):
+            rest, later = real(events, table, failed)
             handed = sum(1 for _, data, _ in later if isinstance(data, bytes))
             served.append(len(events) - len(rest) - handed)
             return rest, later
@@ -144,6 +144,13 @@ def run(root, script, options, config, lanes, monkeypatch):
                 twin.send(packet.ack(n), twin.stranger)
             elif action == "unread":
                 # the ACK waits unread until the deadline: the session drains it
+                twin.send(packet.ack(n), read=False)
+                twin.advance(1.5)
+            elif isinstance(action, str) and "+" in action:
+                # two datagrams wait unread when the deadline comes
+                first = {"partial": packet.ack(max(0, n - 2)), "error": packet.error(packet.ERR_UNDEFINED, "bye"),
+                         "stranger": packet.ack(n)}[action.split("+")[0]]
+                twin.send(first, twin.stranger if action.startswith("stranger") else None, read=False)
                 twin.send(packet.ack(n), read=False)
                 twin.advance(1.5)
             elif action == "late":
@@ -265,3 +272,102 @@ def test_pip_install_without_a_compiler_installs_the_pure_python_server(tmp_path
     run = subprocess.run([sys.executable, "-c", _TRANSFER, str(root)], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "served in pure Python" in run.stdout, run.stderr[-2000:]
+
+
+UNREAD = ["ack0", 0.004, "ack", 0.004, "ack"]
+
+
+@compiled
+@pytest.mark.parametrize("waiting", ["partial+full", "error+full", "stranger+full"])
+def test_datagrams_waiting_at_the_deadline_are_taken_in_order(root, monkeypatch, waiting):
+    """Two datagrams wait unread when the deadline comes: the session's drain
+    takes them in order on both paths, a handed-back one before the ACK
+    behind it."""
+    (root / "big.bin").write_bytes(os.urandom(40 * 512))
+    config = ServerConfig(dally=0.05, shutdown_grace=0)
+    script = UNREAD + [waiting, "ack", "ack"] + ["ack"] * 8
+    pure, pure_got, _ = run(root, script, {"windowsize": "4"}, config, False, monkeypatch)
+    fast, fast_got, served = run(root, script, {"windowsize": "4"}, config, True, monkeypatch)
+    assert served >= 1 and fast == pure and fast_got == pure_got
+
+
+@compiled
+def test_an_ipv6_client_given_as_host_and_port_is_served_in_its_lane(root, monkeypatch):
+    """A plain listenUDP reports an IPv6 client as (host, port)."""
+    (root / "big.bin").write_bytes(os.urandom(8 * 512 + 1))
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    c6.bind(("::1", 0))
+    try:
+        twin.server.datagramReceived(packet.request(packet.RRQ, "big.bin", "octet", {}), c6.getsockname()[:2])
+        session, = twin.server.sessions.values()
+        assert list(twin.sockets._lanes) == [session.link._sock.fileno()]
+        got = []
+        while len(got) < 9:
+            select.select([c6], [], [], 2)
+            data, tid = c6.recvfrom(70000)
+            got.append(data)
+            c6.sendto(data[:4].replace(b"\0\3", b"\0\4", 1), tid)
+            select.select([twin.sockets.fileno()], [], [], 2)
+            twin.sockets.doRead()
+        assert unique_payload(got) == (root / "big.bin").read_bytes()
+        assert session.record is not None and session.record.outcome == "ok"
+    finally:
+        twin.close()
+        c6.close()
+
+
+@compiled
+def test_a_transfer_the_lane_does_not_take_is_served_by_python(root):
+    from txfbtftp._protocol.options import Limits
+    (root / "big.bin").write_bytes(os.urandom(300 * 8 * 2))
+    config = ServerConfig(dally=0.05, shutdown_grace=0, limits=Limits(max_windowsize=512))
+    twin = Twin(root, config)
+    try:
+        twin.request("big.bin", {"windowsize": "300", "blksize": "8"})
+        assert twin.sockets._lanes == {}  # a window over 256 blocks: no lane
+        twin.send(packet.ack(0))
+        twin.send(packet.ack(300))
+        assert twin.session.record is None and twin.session.machine._acked == 300
+    finally:
+        twin.close()
+
+
+@compiled
+def test_a_session_that_ends_before_its_lane_opens_leaves_none(root, monkeypatch):
+    import errno
+
+    import txfbtftp._backends.fs as fs
+
+    def broken(*args):
+        raise OSError(errno.EIO, "I/O error")
+    (root / "big.bin").write_bytes(os.urandom(40 * 512))
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    monkeypatch.setattr(fs.os, "pread", broken)
+    try:
+        twin.server.datagramReceived(packet.request(packet.RRQ, "big.bin", "octet", {}), twin.client.getsockname())
+        assert twin.server.sessions == {} and twin.sockets._lanes == {}
+    finally:
+        monkeypatch.undo()
+        twin.close()
+
+
+@compiled
+def test_a_lane_step_that_fails_is_logged_and_the_poller_goes_on(root):
+    from twisted.logger import globalLogPublisher
+    (root / "big.bin").write_bytes(os.urandom(40 * 512))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    try:
+        twin.request("big.bin", {})
+        twin.send(packet.ack(1))
+        twin.session.machine.bytes = "not a count"  # the step fails half-way
+        twin.send(packet.ack(2))
+        assert [e for e in events if e.get("log_format") == "error in a compiled lane"]
+        twin.session.machine.bytes = 3 * 512
+        twin.send(packet.ack(3))  # the poller still serves
+        assert twin.session.machine._acked == 3
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        twin.close()

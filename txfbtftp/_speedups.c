@@ -43,6 +43,8 @@
 #define MAX_GSO_BYTES 65000
 #define MAX_WINDOW 256
 
+static PyTypeObject LaneType;
+
 /* Attribute names, interned once. */
 static PyObject *s_machine_state, *s_acked, *s_sent, *s_last, *s_window, *s_clean, *s_burst_at,
     *s_restart_armed, *s_deadline, *s_established, *s_bytes, *s_bytes_sent, *s_packets_sent,
@@ -129,7 +131,11 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     if (!PyTuple_Check(dest) || !PyArg_ParseTuple(dest, "si|II", &addr, &port, &flow, &scope))
         return -1;
     memset(&self->dest, 0, sizeof self->dest);
-    if (PyTuple_GET_SIZE(dest) == 2) {
+    if (self->session != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a lane is made once");
+        return -1;
+    }
+    if (strchr(addr, ':') == NULL) {
         struct sockaddr_in *sin = (struct sockaddr_in *)&self->dest;
         sin->sin_family = AF_INET;
         sin->sin_port = htons((uint16_t)port);
@@ -547,14 +553,19 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
             Py_DECREF(b);
             return 0;
         }
-        p = PyObject_GetAttr(L->reader, s_pos);
-        o = PyObject_GetAttr(L->reader, s_offset);
         rs.buf = b;
-        rs.pos = p ? PyLong_AsSsize_t(p) : -1;
-        rs.offset = o ? PyLong_AsLongLong(o) : -1;
-        Py_XDECREF(p);
-        Py_XDECREF(o);
-        if (rs.pos < 0 || rs.offset < 0) {
+        rs.pos = rs.offset = -1;
+        p = PyObject_GetAttr(L->reader, s_pos);
+        if (p != NULL) {
+            rs.pos = PyLong_AsSsize_t(p);
+            Py_DECREF(p);
+            o = PyObject_GetAttr(L->reader, s_offset);
+            if (o != NULL) {
+                rs.offset = PyLong_AsLongLong(o);
+                Py_DECREF(o);
+            }
+        }
+        if (rs.pos < 0 || rs.pos > PyBytes_GET_SIZE(b) || rs.offset < 0) {
             Py_DECREF(b);
             goto hand_back;
         }
@@ -566,7 +577,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
             PyErr_Clear();
             for (Py_ssize_t i = 0; i < count; i++)
                 Py_DECREF(pkts[i]);
-            Py_DECREF(rs.buf);
+            Py_XDECREF(rs.buf);
             return 0; /* Python reads again and reports the error */
         }
         pkts[count++] = pkt;
@@ -596,7 +607,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
         double burst, srtt, rttvar, rto, floor, rtt;
         int none, none2;
         v = dget(md, s_burst_at);
-        if (v == NULL || (burst = PyFloat_AsDouble(v)) == -1.0 || PyErr_Occurred())
+        if (v == NULL || ((burst = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred()))
             goto fail;
         rtt = now - burst;
         if (aget_double(L->estimator, s_srtt, &srtt, &none) || aget_double(L->estimator, s_floor, &floor, &none2))
@@ -732,62 +743,85 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
 fail:
     for (k = 0; k < count; k++)
         Py_DECREF(pkts[k]);
-    Py_DECREF(rs.buf);
+    Py_XDECREF(rs.buf);
     return r;
 fail_read:
     PyErr_Clear();
     for (k = 0; k < count; k++)
         Py_DECREF(pkts[k]);
-    Py_DECREF(rs.buf);
+    Py_XDECREF(rs.buf);
     return 0;
 hand_back:
     PyErr_Clear();
     return 0;
 }
 
-/* One datagram on a lane's socket: served, or handed back in ``later``.
- * 0 when one was read, 1 when none was waiting, -1 on a Python error. */
+/* One datagram on a lane's socket.  Returns SERVED, HANDED (back to
+ * Python, in ``later``), FAILED (a Python error during the step, reported
+ * in ``later`` as (failed, exception, None)), EMPTY (nothing was waiting),
+ * or -1 when even that report could not be made. */
+enum { SERVED, HANDED, FAILED, EMPTY };
+
 static int
-lane_event(Lane *L, unsigned char *buf, PyObject *later)
+lane_event(Lane *L, unsigned char *buf, PyObject *later, PyObject *failed)
 {
     struct sockaddr_storage src;
     socklen_t slen = sizeof src;
     ssize_t got;
-    int step;
+    int step, r = SERVED;
+    PyObject *t = NULL;
     Py_INCREF(L);
     got = recvfrom(L->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
     if (got < 0) {
         Py_DECREF(L);
         /* nothing waiting, or an ICMP error queued on the socket */
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : 0;
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? EMPTY : SERVED;
     }
     step = from_client(L, &src) ? fast_step(L, buf, got, later) : 0;
     if (step == 0) {
-        PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src), *t = NULL;
+        PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src);
         if (data && addr)
             t = PyTuple_Pack(3, L->handler, data, addr);
         Py_XDECREF(data);
         Py_XDECREF(addr);
-        if (t == NULL || PyList_Append(later, t)) {
-            Py_XDECREF(t);
-            Py_DECREF(L);
-            return -1;
+        r = HANDED;
+    } else if (step < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (value == NULL) {
+            value = PyObject_CallFunction(PyExc_SystemError, "s", "a lane failed without an exception");
         }
-        Py_DECREF(t);
+        if (value != NULL)
+            t = PyTuple_Pack(3, failed, value, Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        r = FAILED;
     }
     Py_DECREF(L);
-    return step < 0 ? -1 : 0;
+    if (r == SERVED)
+        return r;
+    if (t == NULL || PyList_Append(later, t)) {
+        Py_XDECREF(t);
+        return -1;
+    }
+    Py_DECREF(t);
+    return r;
 }
 
-/* Lane.drain(limit) -> later: what already waits on the socket, up to
- * ``limit`` datagrams, before the session decides one was lost. */
+/* Lane.drain(limit, failed) -> (later, read, more): what already waits on
+ * the socket, up to ``limit`` datagrams, before the session decides one was
+ * lost.  It stops after a datagram handed back (``more``): Python must take
+ * it before the ones behind it, as its own drain would. */
 static PyObject *
-Lane_drain(Lane *self, PyObject *arg)
+Lane_drain(Lane *self, PyObject *args)
 {
-    long i, limit = PyLong_AsLong(arg);
-    PyObject *later;
+    long read = 0, limit;
+    int more = 0;
+    PyObject *later, *failed, *result;
     unsigned char *buf;
-    if (limit == -1 && PyErr_Occurred())
+    if (!PyArg_ParseTuple(args, "lO", &limit, &failed))
         return NULL;
     later = PyList_New(0);
     buf = PyMem_Malloc(MAX_DATAGRAM);
@@ -796,36 +830,46 @@ Lane_drain(Lane *self, PyObject *arg)
         Py_XDECREF(later);
         return PyErr_NoMemory();
     }
-    for (i = 0; i < limit; i++) {
-        int r = lane_event(self, buf, later);
+    while (read < limit) {
+        int r = lane_event(self, buf, later, failed);
         if (r < 0) {
-            Py_CLEAR(later);
+            PyMem_Free(buf);
+            Py_DECREF(later);
+            return NULL;
+        }
+        if (r == EMPTY)
+            break;
+        read++;
+        if (r != SERVED) {
+            more = 1;
             break;
         }
-        if (r == 1)
-            break;
     }
     PyMem_Free(buf);
-    return later;
+    result = Py_BuildValue("(OlO)", later, read, more ? Py_True : Py_False);
+    Py_DECREF(later);
+    return result;
 }
 
 static PyMethodDef lane_methods[] = {
-    {"drain", (PyCFunction)Lane_drain, METH_O, "Read what waits, up to limit datagrams; the calls Python must make."},
+    {"drain", (PyCFunction)Lane_drain, METH_VARARGS,
+     "Read what waits, up to limit datagrams; (later, read, more)."},
     {NULL, NULL, 0, NULL},
 };
 
-/* serve(events, lanes) -> (rest, later)
+/* serve(events, lanes, failed) -> (rest, later)
  *
  * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
  * each event of a lane and serves it, or hands it back; rest is the events
- * of other descriptors, later the (call, a, b) Python must run. */
+ * of other descriptors, later the (call, a, b) Python must run, a lane's
+ * failure among them as failed(exception, None). */
 static PyObject *
 serve(PyObject *module, PyObject *args)
 {
-    PyObject *events, *lanes, *rest, *later, *result;
+    PyObject *events, *lanes, *failed, *rest, *later, *result;
     Py_ssize_t i, n;
     unsigned char *buf;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &events, &PyDict_Type, &lanes))
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &events, &PyDict_Type, &lanes, &failed))
         return NULL;
     rest = PyList_New(0);
     later = PyList_New(0);
@@ -841,12 +885,12 @@ serve(PyObject *module, PyObject *args)
         }
         fdo = PyTuple_GET_ITEM(ev, 0);
         lane_obj = PyDict_GetItemWithError(lanes, fdo);
-        if (lane_obj == NULL) {
+        if (lane_obj == NULL || !Py_IS_TYPE(lane_obj, &LaneType)) {
             if (PyErr_Occurred() || PyList_Append(rest, ev))
                 goto error;
             continue;
         }
-        if (lane_event((Lane *)lane_obj, buf, later) < 0)
+        if (lane_event((Lane *)lane_obj, buf, later, failed) < 0)
             goto error;
     }
     PyMem_Free(buf);

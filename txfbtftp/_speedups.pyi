@@ -7,11 +7,13 @@ class Lane:
 
     def __init__(self, session: Any, machine: Any, reader: Any, fd: int, dest: tuple[Any, ...],
                  handler: Callable[[bytes, tuple[Any, ...]], None], sender: Any, transfer: Any) -> None: ...
-    def drain(self, limit: int) -> list[tuple[Callable[[Any, Any], object], Any, Any]]:
+    def drain(self, limit: int, failed: Callable[[BaseException, None], object]
+              ) -> tuple[list[tuple[Callable[[Any, Any], object], Any, Any]], int, bool]:
         """Serve what already waits on the socket, up to ``limit``
-        datagrams; the calls Python must make."""
+        datagrams, stopping after one handed back; the calls Python must
+        make, how many datagrams were read, and whether to go on."""
 
-def serve(events: list[tuple[int, int]], lanes: dict[int, Lane]
+def serve(events: list[tuple[int, int]], lanes: dict[int, Lane], failed: Callable[[BaseException, None], object]
           ) -> tuple[list[tuple[int, int]], list[tuple[Callable[[Any, Any], object], Any, Any]]]:
     """Serve the events of ``lanes``' sockets; the other events, and the
     calls Python must make (a datagram handed back, a timer to re-arm)."""

@@ -164,11 +164,15 @@ class SessionSockets:
 
     def open_lane(self, sock: socket.socket, *args: Any) -> bool:
         """Serve ``sock``'s whole-window ACKs in a compiled lane made of
-        ``args`` (see :mod:`txfbtftp._speedups`), if the module is built;
-        whether it is."""
-        if Lane is None:
+        ``args`` (see :mod:`txfbtftp._speedups`), where the module is built
+        and takes the transfer; whether it does.  Else Python serves it all."""
+        fd = sock.fileno()
+        if Lane is None or fd < 0:
             return False
-        self._lanes[sock.fileno()] = Lane(*args)
+        try:
+            self._lanes[fd] = Lane(*args)
+        except (TypeError, ValueError):
+            return False  # a transfer the lane does not take (a window over 256 blocks)
         return True
 
     def close(self, sock: socket.socket) -> None:
@@ -233,7 +237,7 @@ class SessionSockets:
     def _serve_lanes(self, events: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Let the lanes serve their sockets' datagrams; the events left."""
         try:
-            rest, later = _speedups.serve(events, self._lanes)
+            rest, later = _speedups.serve(events, self._lanes, _lane_failed)
         except Exception:
             # Only a failure to allocate gets here: this batch's datagrams
             # are lost packets, which the sessions' timers resend.
@@ -245,15 +249,22 @@ class SessionSockets:
     def drain(self, sock: socket.socket, limit: int) -> bool:
         """Serve what already waits on ``sock`` in its lane, if it has one;
         whether it has."""
-        lane = self._lanes.get(sock.fileno())
+        fd = sock.fileno()
+        lane = self._lanes.get(fd)
         if lane is None:
             return False
-        try:
-            later = lane.drain(limit)
-        except Exception:
-            log.failure("error in the compiled lanes")
-            return True
-        _run(later)
+        take = lane.drain
+        # In order: a datagram handed back is taken before the ones behind it.
+        while limit > 0 and self._lanes.get(fd) is lane:
+            try:
+                later, read, more = take(limit, _lane_failed)
+            except Exception:
+                log.failure("error in the compiled lanes")
+                return True
+            _run(later)
+            if not more:
+                break
+            limit -= read
         return True
 
     def _listen(self) -> None:
@@ -276,6 +287,10 @@ class SessionSockets:
         self._listeners.clear()
         self._lanes.clear()
         self._ep.close()
+
+
+def _lane_failed(exc: BaseException, _: None) -> None:
+    log.failure("error in a compiled lane", Failure(exc))
 
 
 def _run(later: list[tuple[Callable[[Any, Any], object], Any, Any]]) -> None:

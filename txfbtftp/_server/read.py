@@ -46,7 +46,7 @@ class ReadSession(Session[ReadMachine]):
     def _started(self, machine: ReadMachine, now: float) -> None:
         self._pump(machine, now)
         # Only a class that declares it (not a subclass that may read otherwise).
-        if vars(type(self.reader)).get("LANE") is True and machine.rollover == 0:
+        if not self._closed and vars(type(self.reader)).get("LANE") is True and machine.rollover == 0:
             self.link.open_lane(self, machine, self.reader)
 
     def _release(self, outcome: Any) -> None:
