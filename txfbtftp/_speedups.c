@@ -16,8 +16,9 @@
  *    before the first attribute is written; a failure before that point is
  *    a hand-back, never a half step.
  * 4. No Python is called but the session's clock.  What Python must do (a
- *    datagram to hand back, a timer to re-arm) is returned as (call, a, b)
- *    for the poller to run under its own error handling.
+ *    datagram to hand back, a timer to re-arm, a failure to log) is
+ *    returned as (call, a, b) for the poller to run under its own error
+ *    handling.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -507,7 +508,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
     Py_ssize_t count = 0, k, bs = L->blksize;
     long acked, sent, off, number, last = -1;
     double now, deadline = 0.0;
-    int clean, has_deadline = 0, r = -1;
+    int clean, r = -1;
     ReaderState rs;
 
     if (n < 4 || data[0] != 0 || data[1] != 4)
@@ -572,17 +573,10 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
     }
     for (k = 0; k < L->windowsize; k++) {
         PyObject *pkt = read_packet(L, &rs, bs);
-        Py_ssize_t got;
-        if (pkt == NULL) {
-            PyErr_Clear();
-            for (Py_ssize_t i = 0; i < count; i++)
-                Py_DECREF(pkts[i]);
-            Py_XDECREF(rs.buf);
-            return 0; /* Python reads again and reports the error */
-        }
+        if (pkt == NULL)
+            goto fail_read; /* Python reads again and reports the error */
         pkts[count++] = pkt;
-        got = PyBytes_GET_SIZE(pkt) - 4;
-        if (got < bs) {
+        if (PyBytes_GET_SIZE(pkt) - 4 < bs) {
             last = sent + count;
             break;
         }
@@ -629,11 +623,10 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
     acked += off;
     if (dset_long(md, s_acked, acked) || PyList_SetSlice(window, 0, off, NULL))
         goto fail;
-    /* feed, block by block */
+    /* feed, block by block (a window holds at least one) */
     for (k = 0; k < count; k++) {
         PyObject *pkt = pkts[k];
         long idx = sent + 1 + k;
-        Py_ssize_t got = PyBytes_GET_SIZE(pkt) - 4;
         unsigned char *h = (unsigned char *)PyBytes_AS_STRING(pkt);
         h[0] = 0;
         h[1] = 3;
@@ -665,11 +658,9 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
                 }
             }
             deadline = now + wait;
-            has_deadline = 1;
         }
         if (PyList_Append(window, pkt))
             goto fail;
-        (void)got;
     }
     {
         long payload = 0;
@@ -689,7 +680,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
         }
         Py_DECREF(v);
     }
-    if (has_deadline ? dset_double(md, s_deadline, deadline) : PyDict_SetItem(md, s_deadline, Py_None))
+    if (dset_double(md, s_deadline, deadline))
         goto fail;
     {
         PyObject *reader = L->reader, *p;
@@ -714,7 +705,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
     else if (count > 1 && send_window(L, pkts, count))
         goto fail;
     /* Session._after: the timer wheel knows a slot at or before the deadline? */
-    if (has_deadline) {
+    {
         PyObject *slot = dget(sd, s_slot);
         double start = 0.0;
         int rearm = slot == NULL || slot == Py_None;

@@ -16,7 +16,6 @@ from txfbtftp._net.address import natural
 from txfbtftp._net.listener import MAX_DATAGRAM, Local
 from txfbtftp._net.poller import SessionSockets
 from txfbtftp._protocol import packet
-from txfbtftp._protocol.machine import State
 
 _UNKNOWN_TID = packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID])
 
@@ -80,8 +79,7 @@ class SocketLink:
             self._send(self._sock, self._dest, packets)
 
     def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
-        self._poller.open_lane(self._sock, session, machine, reader, self._sock.fileno(), self._dest,
-                               self.datagramReceived, self._poller.sender, State.TRANSFER)
+        self._poller.open_lane(self._sock, session, machine, reader, self._dest, self.datagramReceived)
 
     def drain(self) -> None:
         sock = self._sock

@@ -39,6 +39,7 @@ from zope.interface import implementer
 from txfbtftp._net.batch import BatchSender
 from txfbtftp._net.listener import MAX_DATAGRAM
 from txfbtftp._observe.logs import log
+from txfbtftp._protocol.machine import State
 
 _speedups: Any
 try:
@@ -162,18 +163,18 @@ class SessionSockets:
             raise
         self._handlers[fd] = (sock, handler)
 
-    def open_lane(self, sock: socket.socket, *args: Any) -> bool:
-        """Serve ``sock``'s whole-window ACKs in a compiled lane made of
-        ``args`` (see :mod:`txfbtftp._speedups`), where the module is built
-        and takes the transfer; whether it does.  Else Python serves it all."""
+    def open_lane(self, sock: socket.socket, session: Any, machine: Any, reader: Any, dest: tuple[Any, ...],
+                  handler: Handler) -> None:
+        """Serve ``sock``'s whole-window ACKs in a compiled lane (see
+        :mod:`txfbtftp._speedups`), where the module is built and takes the
+        transfer; else ``handler`` keeps serving every datagram."""
         fd = sock.fileno()
         if Lane is None or fd < 0:
-            return False
+            return
         try:
-            self._lanes[fd] = Lane(*args)
+            self._lanes[fd] = Lane(session, machine, reader, fd, dest, handler, self.sender, State.TRANSFER)
         except (TypeError, ValueError):
-            return False  # a transfer the lane does not take (a window over 256 blocks)
-        return True
+            pass  # a transfer the lane does not take (a window over 256 blocks)
 
     def close(self, sock: socket.socket) -> None:
         fd = sock.fileno()
