@@ -80,6 +80,13 @@ def settle(condition, timeout=20.0, what="condition"):
         yield deferLater(reactor, 0.02, lambda: None)
 
 
+def committed(cache_dir):
+    """No fill is in progress: none listed in the index (a body is renamed
+    into place before the index lists it) and no temporary file."""
+    index, _, temporary = entries(cache_dir)
+    return not temporary and not index["fills"]
+
+
 def entries(cache_dir):
     """The index's entries, and the bodies and temporary files on disk."""
     index = json.loads((cache_dir / "index.json").read_text())

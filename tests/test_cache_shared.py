@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 
 from . import rawclient
-from .cachelab import (Tmpfs, body, entries, fetch, metric, pause, pid_of_connection, processes, serve,
+from .cachelab import (Tmpfs, body, committed, entries, fetch, metric, pause, pid_of_connection, processes, serve,
                        settle, wait_log)
 
 
@@ -66,7 +66,7 @@ def test_workers_share_one_cache_200_clients_on_a_cold_cache_make_one_origin_get
     for _, (got, oack, _) in results:
         assert got == data and oack["tsize"] == str(len(data))
     assert len(origin.requests_for("vmlinuz")) == 1
-    yield settle(lambda: entries(cache_dir)[2] == [], what="the fill committed")
+    yield settle(lambda: committed(cache_dir), what="the fill committed")
     index, bodies, _ = entries(cache_dir)
     assert len(index["entries"]) == 1 and index["fills"] == {} and len(bodies) == 1
     assert (cache_dir / bodies[0]).read_bytes() == data
@@ -128,7 +128,7 @@ def test_a_worker_killed_during_its_fill_another_process_finishes_it(servers, or
     assert len(requests) == 2 and requests[0].range is None
     assert requests[1].range is not None and requests[1].range.startswith(b"bytes=")  # taken over midway
     yield wait_log(server, "the process fetching it is gone")
-    yield settle(lambda: entries(cache_dir)[2] == [], what="the fill committed")
+    yield settle(lambda: committed(cache_dir), what="the fill committed")
     assert _entry(cache_dir, name) == data
     assert (yield fetch(server, name)) == data and len(origin.requests_for(name)) == 2  # a hit now
 
@@ -149,7 +149,7 @@ def test_a_fill_left_by_a_killed_worker_is_taken_over_by_the_next_request(server
     requests = origin.requests_for(name)
     assert len(requests) == 2 and requests[1].range.startswith(b"bytes=")
     assert 0 < int(requests[1].range[6:-1]) <= 1 << 20  # from what the dead worker had written
-    yield settle(lambda: entries(cache_dir)[2] == [], what="the fill committed")
+    yield settle(lambda: committed(cache_dir), what="the fill committed")
     assert _entry(cache_dir, name) == data and entries(cache_dir)[0]["fills"] == {}
 
 
@@ -169,7 +169,7 @@ def test_a_second_server_on_the_same_directory_shares_the_cache(servers, origin,
     for got in (yield DeferredList(pending, fireOnOneErrback=True, consumeErrors=True)):
         assert got[1] == data
     assert len(origin.requests_for("grubx64.efi")) == 1
-    yield settle(lambda: entries(cache_dir)[2] == [], what="the fill committed")
+    yield settle(lambda: committed(cache_dir), what="the fill committed")
     index, bodies, _ = entries(cache_dir)
     assert len(index["entries"]) == 1 and len(bodies) == 1 and (cache_dir / bodies[0]).read_bytes() == data
     two.signal(signal.SIGTERM)
@@ -216,7 +216,7 @@ def test_a_disk_that_fills_up_never_fails_a_client(servers, origin, tmpfs):
     # Room again: the file is cached, a later client is a hit.
     os.unlink(disk.path / "ballast")
     assert (yield fetch(server, "grows.img")) == grows
-    yield settle(lambda: entries(disk.path)[1] != [], what="the fill committed")
+    yield settle(lambda: entries(disk.path)[1] != [] and committed(disk.path), what="the fill committed")
     before = len(origin.requests_for("grows.img"))
     started = time.monotonic()
     got = yield DeferredList([fetch(server, "grows.img") for _ in range(20)], consumeErrors=True)
@@ -231,12 +231,14 @@ def test_a_small_disk_evicts_before_writing(servers, origin, tmpfs):
     for name, data in files.items():
         origin.add(name, data)
     server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "1G"])
+
+    def cached():
+        return sorted(e["key"].rsplit("/", 1)[1] for e in entries(disk.path)[0]["entries"].values())
+
     for name in ("a", "b", "c"):
         assert (yield fetch(server, name)) == files[name]
-        yield settle(lambda: entries(disk.path)[2] == [], what="the fill committed")
-    index, bodies, _ = entries(disk.path)
-    kept = sorted(e["key"].rsplit("/", 1)[1] for e in index["entries"].values())
-    assert kept == ["b", "c"] and len(bodies) == 2
+        yield settle(lambda: committed(disk.path), what="the fill committed")
+    assert cached() == ["b", "c"] and len(entries(disk.path)[1]) == 2
     assert (yield fetch(server, "c")) == files["c"] and len(origin.requests_for("c")) == 1
     assert (yield metric(server, "tftp_cache_uncached_total")) == 0
 
@@ -249,7 +251,7 @@ def test_after_a_restart_the_first_client_of_a_64mib_file_starts_at_once(servers
     first = serve(servers, origin, cache_dir, workers=2)
     options = {"blksize": "65464"}
     assert (yield fetch(first, "rootfs.img", options)) == data
-    yield settle(lambda: entries(cache_dir)[2] == [], what="the fill committed")
+    yield settle(lambda: committed(cache_dir), what="the fill committed")
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     second = serve(servers, origin, cache_dir, workers=2)
