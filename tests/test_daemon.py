@@ -114,6 +114,23 @@ def test_what_the_serving_user_cannot_use_is_found_at_start(tree, tmp_path, case
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_a_daemon_that_cannot_start_says_why_and_leaves_no_pid_file(tree, tmp_path):
+    """Without -n, twistd waits for its daemon to start: it hears why not."""
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    try:
+        done = run(TWISTD + ["--pidfile=%s" % pidfile, "--logfile=%s" % logfile, "tftp", "--backend",
+                             "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1"], timeout=20)
+    finally:
+        busy.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot listen on 127.0.0.1:%d: address already in use" % port in done.stderr
+    assert not pidfile.exists()
+    assert "Traceback" not in done.stderr + logfile.read_text()
+
+
 def test_the_version_is_txfbtftps():
     expected = "txfbtftp %s" % txfbtftp.__version__
     for argv in (TXFBTFTP + ["--version"], [sys.executable, "-m", "txfbtftp", "--version"],
@@ -211,6 +228,29 @@ def test_chroot_serves_the_root_it_is_given(servers, tree, workers):
         c.download("../../etc/passwd")
     assert refused.value.code in (1, 2)
     assert "Traceback" not in s.log and "restarting" not in s.log
+
+
+@as_root
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_user_in_a_chroot_must_be_listed_inside_it(servers, tree, workers):
+    """twistd looks the user up after it chroots: without the user in the
+    chroot's etc/passwd, one line and 67 (EX_NOUSER), not a traceback."""
+    args = TWISTD + ["-n", "--pidfile=", "-u", NOBODY, "-g", NOGROUP, "--chroot", str(tree), "tftp", "--backend",
+                     "fs:%s" % tree, "--interface", "127.0.0.1", "--workers", str(workers)]
+    port = free_port()
+    done = run(args + ["--port", str(port)])
+    assert done.returncode == 67 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "does not list uid %d" % pwd.getpwnam(NOBODY).pw_uid in done.stderr
+    (tree / "etc").mkdir()
+    (tree / "etc" / "passwd").write_text(next(line for line in open("/etc/passwd") if line.startswith(NOBODY + ":")))
+    s = Server(args + ["--port", str(port)])
+    servers.append(s)
+    s.ready(count=workers)
+    for _ in range(4):
+        c = Client(("127.0.0.1", port))
+        assert c.download("hello.txt") == b"Hello from txfbtftp\n"
+        c.close()
+    assert "Traceback" not in s.log
 
 
 # -- systemd socket activation ----------------------------------------------------------------------
@@ -334,6 +374,99 @@ def test_a_second_sigterm_ends_the_transfers_at_once(servers, tree):
     assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down"
     assert s.wait(30) == 0
     assert '"outcome": "server-shutdown"' in s.log and "Traceback" not in s.log
+
+
+@pytest.mark.parametrize("first,second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
+                         ids=["INT-TERM", "TERM-INT"])
+def test_two_stop_signals_back_to_back_end_the_transfers_at_once(servers, tree, first, second):
+    """Ctrl-C stops as SIGTERM does, and the second signal counts even when
+    it comes before the drain has begun.  (Two of the same signal sent at
+    once may reach the process as one: the kernel does not count them.)"""
+    port = free_port()
+    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1",
+              "--shutdown-grace", "60")
+    s.ready()
+    started = threading.Event()
+
+    def pause(block):
+        started.set()
+        time.sleep(0.02)
+
+    slow = Client(("127.0.0.1", port))
+    t, box = in_thread(slow.download, "big.bin", None, pause)
+    assert started.wait(10)
+    s.signal(first)
+    s.signal(second)
+    t.join(10)
+    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down", box
+    assert s.wait(10) == 0
+    assert "again: ending the transfers still running" in s.log and "Traceback" not in s.log
+
+
+def test_ctrl_c_twice_ends_the_transfers(servers, tree):
+    port = free_port()
+    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1",
+              "--shutdown-grace", "60")
+    s.ready()
+    started = threading.Event()
+
+    def pause(block):
+        started.set()
+        time.sleep(0.02)
+
+    slow = Client(("127.0.0.1", port))
+    t, box = in_thread(slow.download, "big.bin", None, pause)
+    assert started.wait(10)
+    s.signal(signal.SIGINT)
+    s.wait_for("SIGINT: stopping")
+    s.signal(signal.SIGINT)
+    t.join(10)
+    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down", box
+    assert s.wait(10) == 0 and "Traceback" not in s.log
+
+
+@as_root
+def test_sighup_when_the_log_file_cannot_be_reopened_keeps_logging_and_reaches_the_workers(tree, tmp_path):
+    """As nobody, the root-owned log file cannot be reopened: the old one goes
+    on, and the workers still reload."""
+    (tree / "a.bin").write_bytes(b"A" * 3000)
+    (tree / "b.bin").write_bytes(b"B" * 3000)
+    rules = tmp_path / "rules"
+    rules.write_text("r ^boot$ a.bin\n")
+    os.chmod(rules, 0o644)
+    logdir = tmp_path / "log"
+    logdir.mkdir(mode=0o755)
+    logfile = logdir / "tftp.log"
+    port = free_port()
+    proc = subprocess.Popen(TWISTD + ["-n", "--pidfile=", "-u", NOBODY, "-g", NOGROUP, "--logfile=%s" % logfile,
+                                      "tftp", "--backend", "fs:%s" % tree, "--remap", str(rules), "--port",
+                                      str(port), "--interface", "127.0.0.1", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def log():
+            return logfile.read_text(errors="replace") if logfile.exists() else ""
+
+        def logged(text, count=1):
+            deadline = time.monotonic() + 20
+            while log().count(text) < count:
+                assert time.monotonic() < deadline and proc.poll() is None, log()[-3000:]
+                time.sleep(0.05)
+
+        logged("TFTP server listening on", count=2)
+        rules.write_text("r ^boot$ b.bin\n")
+        proc.send_signal(signal.SIGHUP)
+        logged("SIGHUP: cannot reopen %s" % logfile)
+        logged("SIGHUP: reloaded remap rules", count=2)  # the main process and the worker
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"):  # both processes
+            c = Client(("127.0.0.1", port))
+            c.sock.bind((source, 0))
+            assert c.download("boot") == b"B" * 3000
+            c.close()
+        logged("RRQ 'boot' octet: 3000 bytes", count=4)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    assert "Traceback" not in logfile.read_text()
 
 
 # -- crashes: nothing partial, ever -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from txfbtftp._backends import check_spec
 from txfbtftp._backends.remap import Rule, load_rules, try_rules
 from txfbtftp._daemon.jail import Jail
 from txfbtftp._daemon.systemd import passed_sockets
-from txfbtftp._daemon.startup import EX_NOINPUT, EX_USAGE, exit_with
+from txfbtftp._daemon.startup import EX_NOINPUT, EX_NOUSER, EX_USAGE, exit_with
 from txfbtftp._interfaces import Unavailable
 from txfbtftp._observe.metrics import PathClasses
 from txfbtftp._protocol.options import MAX_BLKSIZE, Limits
@@ -163,6 +163,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         jail = self["jail"] = Jail(self.parent.get("chroot") if self.parent is not None else self.chroot)
+        if self.parent is not None:
+            _user_in_jail(jail, self.parent.get("uid"))
         if self["remap"]:
             self["rules"] = self._rules(jail.host(self["remap"]))
             self["remap-inside"] = jail.inside(self["remap"])
@@ -330,6 +332,23 @@ def _at(spec: str, where: Callable[[str], str]) -> str:
     if sep and scheme in PATH_SCHEMES and arg:
         return "%s:%s" % (scheme, where(arg))
     return spec
+
+
+def _user_in_jail(jail: Jail, uid: int | None) -> None:
+    """twistd drops privileges after it chroots and looks the user up there
+    (``initgroups``): the chroot's own ``etc/passwd`` must list them."""
+    if jail.root is None or uid is None:
+        return
+    passwd = os.path.join(jail.root, "etc", "passwd")
+    try:
+        with open(passwd, encoding="utf-8", errors="replace") as f:
+            listed = any(line.split(":")[2:3] == [str(uid)] for line in f)
+    except OSError:
+        listed = False
+    if not listed:
+        raise OptionError("-u with --chroot %s: the user is looked up inside the chroot, and %s does not list "
+                          "uid %d (copy its line from /etc/passwd, and its group's from /etc/group)"
+                          % (jail.root, passwd, uid), EX_NOUSER)
 
 
 def _interface(text: str) -> str:

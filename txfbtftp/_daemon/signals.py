@@ -5,12 +5,16 @@ SIGHUP re-reads what can be re-read (the backends', through
 without touching a session, reopens the log file (for logrotate's
 ``postrotate``), passes the signal to the workers and logs what it did; a
 configuration that no longer parses is refused with one line and the old
-one kept.  SIGTERM stops the way ``twistd`` does, through the services'
-``stopService``, which drains (see :mod:`txfbtftp._server.drain`); a second
-SIGTERM ends the transfers still running at once.
+one kept; a log file that cannot be reopened (the serving user may not
+write its directory) stays open as it was, with a warning.  The workers
+hear of it whatever else went wrong.  SIGTERM, and SIGINT alike, stop the
+way ``twistd`` does, through the services' ``stopService``, which drains
+(see :mod:`txfbtftp._server.drain`); a second one ends the transfers still
+running at once, even before the drain has begun.
 """
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from types import FrameType
@@ -51,33 +55,38 @@ class Signals(Service):
 
     def _install(self) -> None:
         if self.running:
-            for number in (signal.SIGHUP, signal.SIGTERM):
+            for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 self._previous[number] = signal.signal(number, self._caught)
 
     def _caught(self, number: int, frame: FrameType | None) -> None:
-        self.reactor.callFromThread(self.hangup if number == signal.SIGHUP else self.terminate)
+        if number == signal.SIGHUP:
+            self.reactor.callFromThread(self.hangup)
+        else:
+            self.reactor.callFromThread(self.terminate, signal.Signals(number).name)
 
     def hangup(self) -> None:
         try:
-            done = self.tftp.reload()
-        except ValueError as e:
-            log.warn("SIGHUP: not reloaded, the old configuration stays: {err}", err=e)
-        else:
-            for what in done:
-                log.info("SIGHUP: reloaded {what}", what=what)
-        reopened = reopen_logs()
-        if reopened:
-            log.info("SIGHUP: reopened {files}", files=", ".join(reopened))
-        if self.forward is not None:
-            self.forward("HUP")
+            try:
+                done = self.tftp.reload()
+            except ValueError as e:
+                log.warn("SIGHUP: not reloaded, the old configuration stays: {err}", err=e)
+            else:
+                for what in done:
+                    log.info("SIGHUP: reloaded {what}", what=what)
+            reopened = reopen_logs()
+            if reopened:
+                log.info("SIGHUP: reopened {files}", files=", ".join(reopened))
+        finally:
+            if self.forward is not None:
+                self.forward("HUP")
 
-    def terminate(self) -> None:
+    def terminate(self, name: str = "SIGTERM") -> None:
         if not self.stopping:
             self.stopping = True
-            log.info("SIGTERM: stopping; transfers in flight may finish (a second SIGTERM ends them)")
+            log.info("{name}: stopping; transfers in flight may finish (a second {name} ends them)", name=name)
             self.reactor.stop()
             return
-        log.info("SIGTERM again: ending the transfers still running")
+        log.info("{name} again: ending the transfers still running", name=name)
         self.tftp.stop_now()
         if self.forward is not None:
             self.forward("TERM")
@@ -90,6 +99,13 @@ def reopen_logs() -> list[str]:
     for observer in list(getattr(globalLogPublisher, "_observers", [])):
         target: Any = getattr(observer, "_outFile", None)
         if isinstance(target, LogFile):
+            # LogFile.reopen closes before it opens: see first that it can.
+            try:
+                os.close(os.open(target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+            except OSError as e:
+                log.warn("SIGHUP: cannot reopen {path} ({err}); still writing to the file open before",
+                         path=target.path, err=e.strerror or e)
+                continue
             target.reopen()
             reopened.append(target.path)
     return reopened

@@ -4,14 +4,20 @@ A mistake in the options, a port in use, a root that is missing: each ends
 the process with one line naming the problem and a status from
 ``sysexits.h``, the ones tftpd-hpa uses where it has one, never a
 traceback.  :class:`Guarded` wraps the daemon's services and turns what
-their start raises into that; :func:`exit_with` is the one way out.
+their start raises into that; :func:`exit_with` is the one way out.  A
+daemon (``twistd`` without ``-n``) has already left its terminal when its
+services start: there the line also goes to the twistd that waits for
+the start on a pipe, which prints it and exits 1 (its own contract), and
+the pid file is removed.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -100,6 +106,9 @@ def _bind_error(where: str, cause: BaseException) -> StartupError:
 class Guarded(MultiService):
     """The daemon's services, started in order; a failure exits cleanly."""
 
+    #: twistd's own options, when twistd started it.
+    twistd: Mapping[str, Any] | None = None
+
     def privilegedStartService(self) -> None:
         self._guard(super().privilegedStartService)
 
@@ -115,11 +124,29 @@ class Guarded(MultiService):
             problem = classify(e)
             if problem.code == EX_SOFTWARE:
                 log.failure("start-up failed")
+            if self.twistd is not None:
+                _tell_twistd(self.twistd, str(problem))
             exit_with(str(problem), problem.code)
 
 
-def guard(*services: IService) -> Guarded:
+def _tell_twistd(config: Mapping[str, Any], message: str) -> None:
+    """The start failed: tell the twistd waiting for a daemon's start (the
+    status pipe takes at most 100 bytes, "1 " and the reason), and drop the
+    pid file."""
+    pipe = config.get("statusPipe")
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            os.write(pipe, ("1 " + message).encode("utf-8", "replace")[:100])
+            os.close(pipe)
+    pidfile = config.get("pidfile")  # ours: twistd refuses to start over a live one
+    if pidfile:
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+
+
+def guard(*services: IService, twistd: Mapping[str, Any] | None = None) -> Guarded:
     top = Guarded()
+    top.twistd = twistd
     for service in services:
         service.setServiceParent(top)
     return top

@@ -47,5 +47,5 @@ def makeService(options: CheckedOptions) -> IService:
     if metrics is not None:
         services.append(MetricsService(serverFromString(reactor, options["metrics"]), metrics.registry))
     services.append(Signals(reactor, tftp, pool.signal if pool is not None else None))
-    return guard(*services)
+    return guard(*services, twistd=options.parent)
 

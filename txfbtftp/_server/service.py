@@ -92,6 +92,7 @@ class TFTPService(Service):
             backend.count_with(self.stats.increment_counter)
         self._backend_started = False
         self._drain: Drain | None = None
+        self._hurry = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -183,13 +184,16 @@ class TFTPService(Service):
         waits: list[Deferred[Any]] = []
         if not self.config.single_port:
             waits = self._close_listeners()  # a restarted server can bind while transfers finish
-        drain = self._drain = Drain(self.reactor, self._all_sessions, self.config.shutdown_grace)
+        grace = 0.0 if self._hurry else self.config.shutdown_grace
+        drain = self._drain = Drain(self.reactor, self._all_sessions, grace)
         d = drain.start()
         d.addCallback(lambda _: self._release(waits))
         return d
 
     def stop_now(self) -> None:
-        """While stopping: end the transfers still running without waiting."""
+        """While stopping (or about to: the stop may still be on its way
+        through the reactor): end the transfers still running without waiting."""
+        self._hurry = True
         if self._drain is not None:
             self._drain.now()
 
@@ -207,7 +211,7 @@ class TFTPService(Service):
             self.sockets.shutdown()
             self.sockets = None
         waits = waits + self._close_listeners()
-        self.protocols, self.admission, self._drain = [], None, None
+        self.protocols, self.admission, self._drain, self._hurry = [], None, None, False
         if ILifecycle.providedBy(self.backend) and self._backend_started:
             self._backend_started = False
             waits.append(maybeDeferred(self.backend.stop))
