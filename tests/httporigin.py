@@ -31,6 +31,10 @@ class File:
     no_length: bool = False
     #: Answer ``Range: bytes=N-`` with 206 (when ``If-Range``, if any, matches).
     ranges: bool = True
+    #: Sent as ``Location`` (with a 3xx ``status``).
+    location: str | None = None
+    #: Sent as ``Content-Encoding``: the body is sent as it is, already encoded.
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -131,7 +135,11 @@ class _Root(Resource):
             return NOT_DONE_YET
         if spec.status != 200:
             request.setResponseCode(spec.status)
+            if spec.location is not None:
+                request.setHeader(b"location", spec.location.encode())
             return b"no"
+        if spec.content_encoding is not None:
+            request.setHeader(b"content-encoding", spec.content_encoding.encode())
         if spec.etag is not None:
             request.setHeader(b"etag", spec.etag.encode())
             if request.getHeader(b"if-none-match") == spec.etag.encode():

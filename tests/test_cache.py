@@ -1,4 +1,5 @@
 """The disk cache in front of an http: origin."""
+import hashlib
 import json
 import os
 import random
@@ -15,6 +16,7 @@ from txfbtftp import (CacheBackend, ChainBackend, HTTPOrigin, MemoryBackend, Rem
                       TFTPService)
 from txfbtftp import _backends as backends
 from txfbtftp._backends.http import verify
+from txfbtftp._backends.http.index import entry_name
 from txfbtftp._protocol import errors
 from txfbtftp._daemon.options import Options
 from txfbtftp._daemon.build import build_backend
@@ -498,3 +500,66 @@ def test_a_body_of_unknown_length_outgrowing_the_cache_is_streamed(cache, origin
     assert 0 < max(largest) <= 100_000
     assert len(origin.whole("stream")) == 1 and len(origin.seen) == 2
     assert os.listdir(cache_dir / "tmp") == [] and _stored(cache_dir) == []
+
+
+def _dead_fill(backend, name, body, written, reserve=None):
+    """The fill a process killed mid-way leaves: claimed, answered, ``written``
+    bytes of ``body`` in its file, never committed (closing the file drops
+    its lock, as the kernel does for a dead process)."""
+    key = backend.origin.key(name)
+    claim = backend.store.claim(key, entry_name(key), backend.fresh)
+    size = reserve or len(body)
+    assert backend.store.reserve(entry_name(key), claim.part, size, len(body), '"d1"', None) == size
+    os.write(claim.fd, body[:written])
+    os.close(claim.fd)
+    return claim.part
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_fill_written_whole_by_a_filler_that_died_is_committed(cache, origin, cache_dir):
+    """Killed after its last byte but before its commit: the file is whole,
+    and the next process commits it without asking the origin for more."""
+    body = _body(25, 300_000)
+    origin.add("kernel", body, etag='"d1"')
+    part = _dead_fill(cache(), "kernel", body, len(body))
+    second = cache()
+    assert (yield _get(second, "kernel")) == body
+    assert origin.seen == []
+    entry = _index(cache_dir)["kernel"]
+    assert entry["size"] == len(body) and entry["sha256"] == hashlib.sha256(body).hexdigest()
+    assert not (cache_dir / part).exists() and json.loads((cache_dir / "index.json").read_text())["fills"] == {}
+    assert (yield _get(second, "kernel")) == body and origin.seen == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_fill_whose_filler_died_gives_its_room_back(cache, origin, cache_dir):
+    """A worker killed mid-fill leaves a record holding room; a fill of any
+    other file that needs that room reclaims it."""
+    big, other = _body(26, 80_000), _body(27, 50_000)
+    origin.add("big", big, etag='"d1"')
+    origin.add("other", other)
+    backend = cache(max_size=100_000)
+    part = _dead_fill(backend, "big", big, 10_000)
+    assert (yield _get(backend, "other")) == other
+    assert list(_index(cache_dir)) == ["other"] and not (cache_dir / part).exists()
+    assert json.loads((cache_dir / "index.json").read_text())["fills"] == {}
+    assert (yield _get(backend, "big")) == big  # fetched afresh, whole
+    assert [s.range for s in origin.requests_for("big")] == [None]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_of_unknown_length_evicts_only_for_its_bytes(cache, origin, cache_dir):
+    """A generated script of a few bytes, sent chunked, must not empty a small
+    cache; a larger one evicts what its bytes need, no more."""
+    origin.add("a", _body(28, 100_000))
+    origin.add("b", _body(29, 100_000))
+    origin.add("menu.ipxe", b"#!ipxe\n", no_length=True)
+    stream = _body(30, 150_000)
+    origin.add("stream", stream, no_length=True, chunk=20_000)
+    backend = cache(max_size=300_000)
+    yield _get(backend, "a")
+    yield _get(backend, "b")
+    assert (yield _get(backend, "menu.ipxe")) == b"#!ipxe\n"
+    assert sorted(_index(cache_dir)) == ["a", "b", "menu.ipxe"]
+    assert (yield _get(backend, "stream")) == stream
+    assert sorted(_index(cache_dir)) == ["b", "menu.ipxe", "stream"]

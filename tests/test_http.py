@@ -1,4 +1,5 @@
 """The http: backend against a real origin on loopback."""
+import gzip
 import hashlib
 import random
 
@@ -6,6 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent, globalLogPublisher
 
 from txfbtftp import _backends as backends
 from txfbtftp._protocol import errors, packet
@@ -32,6 +34,15 @@ def http(origin):
     yield make
     for h in made:
         pytest_twisted.blockon(h.stop())
+
+
+@pytest.fixture
+def logged():
+    """The log lines written during the test."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield lambda: [formatEvent(e) for e in events]
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture
@@ -138,13 +149,39 @@ def test_missing_file_and_escapes(serve, http, origin, client):
     assert [s.uri for s in origin.seen] == [b"/boot/nope"]
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest_twisted.inlineCallbacks
-def test_origin_that_never_answers_is_error_0_promptly(serve, http, origin, client):
+def test_redirects_are_not_followed(serve, http, origin, client, logged, status):
+    """A 3xx could send the server anywhere, and a cache would keep what it
+    found there under the base's name."""
+    origin.add("moved", status=status, location=origin.base + "elsewhere")
+    origin.add("elsewhere", b"not under this name")
+    svc, server = _server(serve, http)
+    assert (yield _error_for(client, server, "moved")) == 0
+    assert [s.uri for s in origin.seen] == [b"/boot/moved"]
+    assert any("/boot/moved: HTTP %d" % status in line for line in logged())
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_body_stored_gzip_encoded_is_served_as_stored(serve, http, origin, client):
+    """An object stored with ``Content-Encoding: gzip`` metadata is a file
+    like any other: the client gets its bytes, not their decoding."""
+    stored = gzip.compress(b"kernel bytes " * 5000)
+    origin.add("initrd.gz", stored, content_encoding="gzip")
+    svc, server = _server(serve, http)
+    data, oack, _ = yield rawclient.download(client, server, "initrd.gz", {"blksize": "1468", "tsize": "0"})
+    assert data == stored and oack["tsize"] == str(len(stored))
+    assert origin.seen[0].uri == b"/boot/initrd.gz"
+
+
+@pytest_twisted.inlineCallbacks
+def test_origin_that_never_answers_is_error_0_promptly(serve, http, origin, client, logged):
     origin.add("hang", hang=True)
     svc, server = _server(serve, http, timeout=0.3)
     start = reactor.seconds()
     assert (yield _error_for(client, server, "hang")) == 0
     assert reactor.seconds() - start < 1.5
+    assert any(line.endswith("/boot/hang: no answer within 0.3s") for line in logged()), logged()
 
 
 @pytest_twisted.inlineCallbacks
@@ -193,6 +230,17 @@ def test_encoded_names_and_a_reused_connection(serve, http, origin, client):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_base_with_characters_outside_ascii_is_requested_percent_encoded(http, origin):
+    """A request line is ASCII: the base is sent in its URI form; the key,
+    and so the cache's name for the file, stays as configured."""
+    origin.add("b%C3%B6ot/x", b"from an IRI base")
+    h = http(base=origin.base + "b\u00f6ot/")
+    body = yield HTTPBackend(h).get_reader("x", None)
+    assert (yield slurp(body)) == b"from an IRI base"
+    assert origin.seen[-1].uri == b"/boot/b%C3%B6ot/x" and h.key("x") == origin.base + "b\u00f6ot/x"
+
+
+@pytest_twisted.inlineCallbacks
 def test_netascii_over_a_trickling_body(http, origin):
     text = b"".join(b"line %d\n" % i for i in range(30000)) + b"cr\r"
     origin.add("t.txt", text, chunk=3000, delay=0.0005)
@@ -223,6 +271,18 @@ def test_fetch_range_refuses_a_file_that_changed(http, origin):
         yield http().fetch_range("m", 100, 3000, None, "Mon, 01 Jan 2024 00:00:00 GMT")
     with pytest.raises(errors.TFTPError):
         yield http().fetch_range("m", 100, 2999, None, None)  # another length
+
+
+@pytest_twisted.inlineCallbacks
+def test_fetch_range_at_the_end_of_a_file_of_known_length(http, origin):
+    """A fill whose filler wrote every byte and died asks for nothing: 416
+    with ``bytes */size`` is the end, not an error."""
+    body = random.Random(10).randbytes(5000)
+    origin.add("k", body, etag='"k1"')
+    response = yield http().fetch_range("k", 5000, 5000, '"k1"', None)
+    assert response.status == 416 and response.body is None
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("k", 6000, 6000, '"k1"', None)  # it has shrunk since
 
 
 @pytest_twisted.inlineCallbacks

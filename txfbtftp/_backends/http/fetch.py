@@ -2,17 +2,20 @@
 
 Room is set aside before anything is written (:meth:`CacheStore.reserve
 <txfbtftp._backends.http.store.CacheStore.reserve>`, which evicts first):
-the whole ``Content-Length`` at once, or, without one, a step at a time as
-the body grows.  A body larger than the cache, or for which no room can be
-made, is not written at all: the requests waiting for it stream it from
-the origin.  A write that fails midway (the disk filled up after all, an
+the whole ``Content-Length`` at once, or, without one, what is free up to
+a first step, then more as the body grows (twice as much each time,
+evicting only for the bytes that have arrived: a five-byte script costs
+the cache nothing).  A body larger than the cache, or for which no room
+can be made, is not written at all: the requests waiting for it stream it
+from the origin.  A write that fails midway (the disk filled up after all, an
 I/O error) abandons the fill: its readers go on from the origin.  A body
 that ends short of its length fails, as it would have without a cache.  A
 complete body is committed; the flight lands once it is in the index.
 
 A fill taken over from a process that died goes on from the bytes already
-in the file, with a Range request; its SHA-256 is then computed from the
-file when it is committed.
+in the file, with a Range request (none if the file already holds its whole
+``Content-Length``); its SHA-256 is then computed from the file when it is
+committed.
 """
 from __future__ import annotations
 
@@ -32,8 +35,9 @@ if TYPE_CHECKING:
     from txfbtftp._backends.http.flight import Flight
 
 _CHUNK = 256 * 1024
-#: Without a Content-Length, room is set aside this much at a time.
-_STEP = 16 << 20
+#: Without a Content-Length, room is set aside up to this much at first,
+#: then twice as much each time the body outgrows it.
+_STEP = 256 * 1024
 
 
 class Fetch:
@@ -58,6 +62,10 @@ class Fetch:
     def start(self) -> None:
         f, rec = self.flight, self.record
         origin = f.cache.origin
+        if rec.answered and self.written and self.written == rec.length:
+            self._read_along()  # the dead filler wrote it all: nothing to ask the origin
+            self._finish()
+            return
         if rec.answered and self.written:
             d = maybeDeferred(origin.fetch_range, f.path, self.written, rec.length, rec.etag, rec.last_modified)
         elif f.stale is not None:
@@ -88,29 +96,38 @@ class Fetch:
         self._body = response.body
         if not self.written:
             self.length, self.etag, self.last_modified = response.size, response.etag, response.last_modified
-            size = response.size if response.size is not None else min(_STEP, self.store.max_size)
-            if not self._reserve(response, size):
+            if not self._reserve(response):
                 return
             f.cache.count("cache_fills")
+        self._read_along()
+        if self._body is None:  # 416: the dead filler had written it all
+            self._finish()
+            return
+        self._pull()
+
+    def _read_along(self) -> None:
+        """Let the flight's readers follow the file as it is written."""
+        f = self.flight
         fill = f.fill
         if fill is None:
             source = f.source(self.length, self.etag, self.last_modified)
             f.read_along(f.new_fill(self.fd, source, self.written))
         else:  # taken over from a watch: its readers read on
             fill.on_wait = fill.on_unread = None
-        if self._body is None:  # 416: the dead filler had written it all
-            self._finish()
-            return
-        self._pull()
 
-    def _reserve(self, response: OriginResponse, size: int) -> bool:
+    def _reserve(self, response: OriginResponse) -> bool:
+        """Room for the body: its length, or what is free (up to a step) for
+        one of unknown length, which evicts only once bytes arrive."""
         store, f = self.store, self.flight
         if response.size is not None and response.size > store.max_size:
             why = "larger than the cache"
         else:
+            size, least = (response.size, None) if response.size is not None else (_STEP, 0)
             try:
-                if store.reserve(f.name, self.part, size, response.size, response.etag, response.last_modified):
-                    self.reserved = size
+                granted = store.reserve(f.name, self.part, size, response.size, response.etag,
+                                        response.last_modified, least)
+                if granted is not None:
+                    self.reserved = granted
                     return True
             except OSError as e:
                 log.warn("cache: cannot update the index: {err}", err=e)
@@ -202,15 +219,16 @@ class Fetch:
         if end > max_size:
             self._abandon("larger than the cache")
             return False
-        want = min(max(end, self.reserved + _STEP), max_size)
+        want = min(max(end, 2 * self.reserved, _STEP), max_size)
         try:
-            ok = self.store.reserve(self.flight.name, self.part, want, self.length, self.etag, self.last_modified)
+            granted = self.store.reserve(self.flight.name, self.part, want, self.length, self.etag,
+                                         self.last_modified, end)
         except OSError:
-            ok = False
-        if not ok:
+            granted = None
+        if granted is None:
             self._abandon("no room in the cache")
             return False
-        self.reserved = want
+        self.reserved = granted
         return True
 
     def _finish(self) -> None:
@@ -222,7 +240,8 @@ class Fetch:
         self.done = True
         assert f.fill is not None
         f.fill.complete()
-        if self._body is None or not self._body.complete:
+        whole = self._body.complete if self._body is not None else self.length is not None
+        if not whole:
             log.info("{key!r}: body of unknown length ended by a close; served, not cached", key=f.key)
             self.store.give_up(f.name, self.part)
             self._committed(False)

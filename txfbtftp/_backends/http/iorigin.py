@@ -66,4 +66,5 @@ class IOrigin(Interface):
         """The rest of ``path`` from byte ``offset`` on (its body starts there),
         provided the file is still the one ``size`` and the validators
         describe; a plain TFTPError (logged) if it has changed.  416 with no
-        body when the file (of unknown size) ends before ``offset``."""
+        body when there is nothing more: the file ends at ``offset`` (or, its
+        size unknown, the origin says only that it ends before)."""

@@ -7,18 +7,25 @@ patience for the first packet), and the body streams through a
 pool's connections.  A download that must go on from a byte offset (a
 cache that cannot keep what it was writing) asks for the rest with a Range
 request guarded by If-Range.
+
+Requests go through Twisted's :class:`~twisted.web.client.Agent` as it is:
+a redirect is not followed (an origin's 3xx could otherwise send the server,
+and its cache under the base's name, anywhere), and a body is served as
+stored, whatever its ``Content-Encoding`` (no ``Accept-Encoding`` is sent,
+and nothing is decoded: a ``.gz`` stored with ``Content-Encoding: gzip``
+reaches the client byte for byte).
 """
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-from treq.client import HTTPClient
+from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -29,14 +36,13 @@ from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
 from txfbtftp._types import IHTTPReactor
 
-if TYPE_CHECKING:
-    from treq._types import _ITreqReactor
-
 #: Characters a path segment may carry unencoded (RFC 3986 pchar, less ``;``,
 #: which some servers take for parameters).
 _SEGMENT_SAFE = "!$&'()*+,=:@"
 #: ``Content-Range: bytes FIRST-LAST/TOTAL`` (TOTAL may be ``*``).
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+#: A 416's ``Content-Range: bytes */TOTAL``.
+_UNSATISFIED = re.compile(r"^bytes\s+\*/(\d+)$")
 
 
 def relative(path: str) -> str:
@@ -64,20 +70,15 @@ def check_base(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
-@implementer(IAgent)
-class _IdentityAgent:
-    """Asks for bodies as they are stored: treq offers gzip, which would hide
-    the length (no tsize, no length check) and change validators."""
-
-    def __init__(self, agent: IAgent) -> None:
-        self._agent = agent
-
-    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
-                bodyProducer: IBodyProducer | None = None) -> Deferred[IResponse]:
-        if headers is not None:
-            headers = headers.copy()
-            headers.removeHeader(b"accept-encoding")
-        return self._agent.request(method, uri, headers, bodyProducer)
+def _as_uri(url: str) -> bytes:
+    """``url`` as the ASCII bytes of a request line (an IRI's host in IDNA,
+    its other characters percent-encoded)."""
+    try:
+        return EncodedURL.from_text(url).to_uri().to_text(with_password=True).encode("ascii")
+    except ValueError:  # hyperlink cannot parse every host (an IPv6 literal's IDNA check)
+        if url.isascii():
+            return url.encode("ascii")
+        raise ValueError("the base URL %r cannot be written as a URI" % url) from None
 
 
 class _QuietFactory(_HTTP11ClientFactory):
@@ -104,8 +105,8 @@ class HTTPOrigin:
         self._reactor = reactor
         self._pool = _QuietPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_idle_connections
-        agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
-        self._client = HTTPClient(_IdentityAgent(agent))
+        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        self._base_uri = _as_uri(self.base)
 
     def start(self) -> None:
         pass
@@ -126,11 +127,11 @@ class HTTPOrigin:
     def fetch(self, path: str, etag: str | None = None,
               last_modified: str | None = None) -> Deferred[OriginResponse]:
         url = self.url(path)
-        headers: dict[str | bytes, list[str | bytes]] = {}
+        headers = Headers()
         if etag is not None:
-            headers[b"If-None-Match"] = [etag.encode("latin-1")]
+            headers.setRawHeaders(b"If-None-Match", [etag.encode("latin-1")])
         if last_modified is not None:
-            headers[b"If-Modified-Since"] = [last_modified.encode("latin-1")]
+            headers.setRawHeaders(b"If-Modified-Since", [last_modified.encode("latin-1")])
         return self._get(url, headers).addCallbacks(self._answered, self._failed,
                                                     callbackArgs=(url, etag or last_modified), errbackArgs=(url,))
 
@@ -142,18 +143,19 @@ class HTTPOrigin:
         refused).  An origin without ranges answers 200: its body's first
         ``offset`` bytes are dropped as they arrive."""
         url = self.url(path)
-        headers: dict[str | bytes, list[str | bytes]] = {b"Range": [b"bytes=%d-" % offset]}
+        headers = Headers({b"Range": [b"bytes=%d-" % offset]})
         if etag is not None and not etag.startswith("W/"):  # If-Range takes strong validators only
-            headers[b"If-Range"] = [etag.encode("latin-1")]
+            headers.setRawHeaders(b"If-Range", [etag.encode("latin-1")])
         elif last_modified is not None:
-            headers[b"If-Range"] = [last_modified.encode("latin-1")]
+            headers.setRawHeaders(b"If-Range", [last_modified.encode("latin-1")])
         return self._get(url, headers).addCallbacks(
             self._ranged, self._failed, callbackArgs=(url, offset, size, etag, last_modified), errbackArgs=(url,))
 
-    def _get(self, url: str, headers: dict[str | bytes, list[str | bytes]]) -> Deferred[IResponse]:
+    def _get(self, url: str, headers: Headers) -> Deferred[IResponse]:
         """The response's headers within ``timeout``; a timeout cancels (CancelledError)."""
-        headers[b"User-Agent"] = [b"txfbtftp"]
-        d = self._client.get(url, headers=headers, unbuffered=True, reactor=cast("_ITreqReactor", self._reactor))
+        headers.setRawHeaders(b"User-Agent", [b"txfbtftp"])
+        uri = self._base_uri + url[len(self.base):].encode("ascii")  # the rest is percent-encoded
+        d = self._agent.request(b"GET", uri, headers)
         timer = self._reactor.callLater(self.timeout, d.cancel)
 
         def stop_timer(result: Any) -> Any:
@@ -199,9 +201,9 @@ class HTTPOrigin:
             same = (size is None or length in (None, size)) and (
                 their_etag == etag if etag is not None else last_modified is None or their_modified == last_modified)
             skip = offset
-        elif code == 416 and size is None:
+        elif code == 416 and _nothing_more(response, offset, size):
             response.deliverBody(Discard())
-            return OriginResponse(416, 0, their_etag, their_modified)  # past the end: nothing more
+            return OriginResponse(416, 0, their_etag, their_modified)
         else:
             return self._answered(response, url, None)
         if not same:
@@ -214,15 +216,35 @@ class HTTPOrigin:
         return OriginResponse(code, body.size, their_etag, their_modified, body)
 
     def _failed(self, failure: Failure, url: str) -> OriginResponse:
-        if failure.check(CancelledError):
+        if _cancelled(failure):
             log.warn("{url}: no answer within {timeout}s", url=url, timeout=self.timeout)
         else:
             log.warn("{url}: {why}", url=url, why=reason(failure))
         raise errors.TFTPError()
 
 
+def _cancelled(failure: Failure) -> bool:
+    """Whether ``failure`` is the timeout's cancel, which arrives wrapped when
+    the request was already sent (``ResponseNeverReceived([CancelledError])``)."""
+    if failure.check(CancelledError):
+        return True
+    return any(_cancelled(f) for f in getattr(failure.value, "reasons", None) or ()
+               if isinstance(f, Failure))
+
+
 def _weak(etag: str) -> str:
     return etag[2:] if etag.startswith("W/") else etag
+
+
+def _nothing_more(response: IResponse, offset: int, size: int | None) -> bool:
+    """Whether a 416 means the file ends at ``offset``: its ``Content-Range``
+    says so (``bytes */offset``, and the file is still ``size`` long), or,
+    the size being unknown, says nothing else."""
+    match = _UNSATISFIED.match(_header(response, b"content-range") or "")
+    if match is None:
+        return size is None
+    total = int(match.group(1))
+    return total == offset and size in (None, total)
 
 
 def _header(response: IResponse, name: bytes) -> str | None:

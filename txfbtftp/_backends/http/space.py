@@ -3,14 +3,17 @@
 All of it runs under the directory lock, on the index as every process
 sees it, so ``max_size`` holds for the directory whatever the number of
 processes.  A fill sets its bytes aside when the origin answers (its
-``Content-Length``; without one, step by step as it grows): the entries,
+``Content-Length``; without one, what is free, up to a first step, and more
+as it grows, evicting only for the bytes that have arrived): the entries,
 plus what every fill in progress has set aside, must stay within
 ``max_size``, and the disk (``statvfs``) must have room for what the fills
-have still to write and a margin.  When either is short, the least recently
-used entries (by their bodies' access times, which every process sets on
-each use) go first, skipping any body a process is reading: readers hold it
-locked shared, and eviction only takes a body it can lock exclusively
-without waiting.  When that is not enough, the fill is not cached.
+have still to write and a margin.  When either is short, the fills whose
+filler died (nobody holds their file locked) give their room back first;
+then the least recently used entries (by their bodies' access times, which
+every process sets on each use) go, skipping any body a process is reading:
+readers hold it locked shared, and eviction only takes a body it can lock
+exclusively without waiting.  When that is not enough, the fill is not
+cached.
 """
 from __future__ import annotations
 
@@ -40,19 +43,64 @@ def by_use(store: CacheStore, entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=used)
 
 
-def make_room(store: CacheStore, ix: Index, name: str, size: int) -> bool:
-    """Whether the fill ``name`` can have ``size`` bytes, evicting as need be."""
-    if size > store.max_size:
-        return False
-    deficit = _short(store, ix, name, size)
-    if deficit <= 0:
-        return True
+def make_room(store: CacheStore, ix: Index, name: str, size: int, least: int | None = None) -> int | None:
+    """How many bytes the fill ``name`` can have: ``size`` if they are free,
+    else as many as are, provided that is ``least`` (by default ``size``);
+    short of ``least``, room is made for ``least`` and no more: the dead
+    fills' bytes are reclaimed, then entries evicted.  None if it cannot be."""
+    least = size if least is None else least
+    if least > store.max_size:
+        return None
+    size = max(least, min(size, store.max_size))
+    granted = _granted(store, ix, name, size)
+    if granted >= least:
+        return granted
+    if reclaim(store, ix, name):
+        granted = _granted(store, ix, name, size)
+        if granted >= least:
+            return granted
     for entry in by_use(store, list(ix.entries.values())):
         if evict(store, ix, entry):
-            deficit = _short(store, ix, name, size)
-            if deficit <= 0:
-                return True
-    return False
+            granted = _granted(store, ix, name, size)
+            if granted >= least:
+                return granted
+    return None
+
+
+def _granted(store: CacheStore, ix: Index, name: str, size: int) -> int:
+    """How many of ``size`` bytes the fill ``name`` can have as things stand."""
+    return max(0, size - max(0, _short(store, ix, name, size)))
+
+
+def reclaim(store: CacheStore, ix: Index, name: str) -> bool:
+    """Drop the fills (but ``name``'s) whose filler is gone, and their
+    files: a live filler holds its file locked from claim to commit, so a
+    file this can lock has none.  A process taking a fill over holds the
+    lock as well, so its fill stays; one that locks it too late finds the
+    record gone (its readers go on from the origin).  Whether any went."""
+    dropped = False
+    for other, fill in list(ix.fills.items()):
+        if other == name:
+            continue
+        try:
+            fd = os.open(store.path(fill.part), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:  # given up or committed meanwhile
+            del ix.fills[other]
+            dropped = True
+            continue
+        except OSError:
+            continue
+        try:
+            if not try_lock(fd):
+                continue
+            log.info("cache: dropping the fill of {key!r}: the process fetching it is gone", key=fill.key)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.path(fill.part))
+            del ix.fills[other]
+            dropped = True
+        finally:
+            os.close(fd)
+    return dropped
 
 
 def _short(store: CacheStore, ix: Index, name: str, size: int) -> int:

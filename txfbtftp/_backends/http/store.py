@@ -16,9 +16,10 @@ first, then renamed into place), giving it up, revalidating, removing.
 
 Start-up removes only what no live process holds: temporary files nobody
 has locked, and bodies the index does not name.  A fill whose filler died
-is left to the processes following it, which take it over, unless the
-process starting is alone (no other holds ``users``): then it is removed,
-and each entry's SHA-256 is checked in the background
+is left to the processes following it, which take it over (or to the next
+fill short of room, which drops it), unless the process starting is alone
+(no other holds ``users``): then it is removed, and each entry's SHA-256 is
+checked in the background
 (:mod:`~txfbtftp._backends.http.verify`).  Entries are served at once:
 a body whose size or modification time is not the one recorded is dropped
 at start-up (a write changes the time at least), and silent damage, which
@@ -227,17 +228,22 @@ class CacheStore:
         return None
 
     def reserve(self, name: str, part: str, size: int, length: int | None, etag: str | None,
-                last_modified: str | None) -> bool:
-        """Set ``size`` bytes aside for the fill in ``part`` (evicting first if
-        the cache or the disk is short of them), recording the origin's answer
-        for the processes following; False if they cannot be had."""
+                last_modified: str | None, least: int | None = None) -> int | None:
+        """Set ``size`` bytes aside for the fill in ``part``, or as many as are
+        free if that is ``least`` or more (see :func:`space.make_room
+        <txfbtftp._backends.http.space.make_room>`: short of ``least``, it
+        evicts), recording the origin's answer for the processes following.
+        The bytes set aside; None if ``least`` cannot be had."""
         with self.index.update() as ix:
             fill = ix.fills.get(name)
-            if fill is None or fill.part != part or not space.make_room(self, ix, name, size):
-                return False
-            ix.fills[name] = dataclasses.replace(fill, size=size, answered=True, length=length, etag=etag,
+            if fill is None or fill.part != part:
+                return None
+            granted = space.make_room(self, ix, name, size, least)
+            if granted is None:
+                return None
+            ix.fills[name] = dataclasses.replace(fill, size=granted, answered=True, length=length, etag=etag,
                                                  last_modified=last_modified)
-        return True
+        return granted
 
     def commit(self, key: str, name: str, fd: int, part: str, size: int, sha256: str | None,
                etag: str | None, last_modified: str | None) -> Deferred[bool]:
