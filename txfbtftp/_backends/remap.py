@@ -223,7 +223,9 @@ def rewrite(path: str, rules: Sequence[Rule], client: str = "", write: bool = Fa
 class RemapBackend:
     """``inner`` with every requested name passed through ``rules`` first.
 
-    With ``source`` (the rule file), :meth:`reload` reads the rules again.
+    With ``source`` (the rule file), :meth:`reload` reads the rules again,
+    and so does :meth:`start`: a process started later (a restarted worker)
+    serves the file as it is now, not as it was when the server started.
     """
 
     def __init__(self, inner: IBackend, rules: Sequence[Rule], source: str | None = None) -> None:
@@ -242,6 +244,11 @@ class RemapBackend:
         return done + reload_all([self.inner])
 
     def start(self) -> None:
+        if self.source is not None:
+            try:
+                self.rules = load_rules(self.source)
+            except ValueError as e:
+                log.warn("remap rules not re-read, the old ones stay: {err}", err=e)
         start_all([self.inner])
 
     def stop(self) -> Deferred[None]:

@@ -11,6 +11,13 @@ bound for it, and one end of the worker's report channel.  The launcher
 forks; the child builds its own reactor and serves
 (:mod:`txfbtftp._daemon.worker`).  The launcher never imports a reactor, so
 every child starts clean.  It exits when the main process goes.
+
+It runs in a session of its own, as twistd's daemon does: signals to the
+caller's process group or terminal (a hang-up, ``^C``) do not reach it or
+the workers, which the main process alone tells what to do.  As a daemon's
+it holds none of the caller's terminal or pipes either (``twistd ... |
+cat`` returns once twistd has daemonized; the workers log through the main
+process) and takes the umask twistd sets.
 """
 from __future__ import annotations
 
@@ -31,14 +38,19 @@ _MAX_FDS = 64
 class Launcher:
     """The main process's end: starts the launcher, then asks it for workers."""
 
-    def __init__(self, argv: list[str], chroot: str | None, uid: int | None, gid: int | None) -> None:
+    def __init__(self, argv: list[str], chroot: str | None, uid: int | None, gid: int | None,
+                 daemon: bool = False, umask: int | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._control = ours
+        if daemon and umask is None:
+            umask = 0o077  # twistd's for a daemon
+        # In the foreground, standard error stays the main process's (a launcher that cannot start says why).
         self._process = subprocess.Popen(
             [sys.executable, "-m", "txfbtftp._daemon.launcher", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if daemon else None, close_fds=True, start_new_session=True)
         theirs.close()
-        setup = {"argv": argv, "chroot": chroot, "uid": uid, "gid": gid}
+        setup = {"argv": argv, "chroot": chroot, "uid": uid, "gid": gid, "umask": umask}
         self._control.sendmsg([json.dumps(setup).encode()])
 
     def spawn(self, number: int, channel: socket.socket, listeners: list[socket.socket]) -> None:
@@ -81,6 +93,8 @@ def main(control_fd: int) -> None:
     options.chroot = setup.get("chroot")  # as twistd was told for the main process
     options.parseOptions(setup["argv"])  # imports python: backends' modules while they can be found
     preload("txfbtftp._daemon.worker", "twisted.internet.epollreactor", "twisted.internet.default")
+    if setup.get("umask") is not None:
+        os.umask(setup["umask"])
     _drop(setup)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -63,6 +63,8 @@ class _Channel(LineOnlyReceiver):
         self.pool = pool
         self.number = number
         self.pid: int | None = None
+        #: Signals asked for before the worker said its pid, sent once it has.
+        self.pending: list[int] = []
         self.ended: Deferred[None] = Deferred()
 
     def lineReceived(self, line: bytes) -> None:
@@ -91,10 +93,11 @@ class WorkerPool(Service):
         self.shares: dict[int, list[socket.socket]] = {}
         self.channels: dict[int, _Channel] = {}
         # Started now, while twistd has neither chrooted nor dropped privileges.
-        parent = options.parent
+        parent: dict[str, Any] = options.parent or {}
         self._launcher: Launcher | None = Launcher(
-            options["argv"], parent.get("chroot") if parent else None, parent.get("uid") if parent else None,
-            parent.get("gid") if parent else None)
+            options["argv"], parent.get("chroot"), parent.get("uid"), parent.get("gid"),
+            daemon=options.parent is not None and not (parent.get("nodaemon") or parent.get("debug")),
+            umask=parent.get("umask"))
         self._started: dict[int, float] = {}
         self._delay: dict[int, float] = {}
         self._pending: dict[int, IDelayedCall] = {}
@@ -125,7 +128,10 @@ class WorkerPool(Service):
 
     def _spawn(self, n: int) -> None:
         self._pending.pop(n, None)
-        if not self.running or self._launcher is None:
+        if not self.running or n not in self.shares:
+            return
+        if self._launcher is None:
+            self._abandon(n)
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         channel = self.channels[n] = _Channel(self, n)
@@ -133,11 +139,25 @@ class WorkerPool(Service):
         ours.close()
         try:
             self._launcher.spawn(n, theirs, self.shares[n])
+        except ConnectionError as e:
+            # Started before the chroot and the change of user, it cannot be started again.
+            log.error("cannot start worker {n}: the launcher has exited ({err}); no worker can be started "
+                      "until the server is restarted", n=n, err=e)
+            self._launcher.close()
+            self._launcher = None
+            self._abandon(n)
         except OSError as e:
             log.error("cannot start worker {n}: {err}", n=n, err=e)
         finally:
             theirs.close()
         self._started[n] = self.reactor.seconds()
+
+    def _abandon(self, n: int) -> None:
+        """Close the share of worker ``n``, which will not run again: held
+        by no one, its socket would take its clients' requests and answer none."""
+        for sock in self.shares.pop(n):
+            sock.close()
+        log.warn("worker {n}'s share of the port is closed: its clients are sent to the other processes", n=n)
 
     # -- what workers say -------------------------------------------------------------
     def report(self, channel: _Channel, message: dict[str, Any]) -> None:
@@ -145,6 +165,9 @@ class WorkerPool(Service):
         if "hello" in message:
             channel.pid = message["hello"]
             log.info("worker {n} started (pid {pid})", n=n, pid=channel.pid)
+            pending, channel.pending = channel.pending, []
+            for number in pending:  # e.g. the SIGTERM of a stop that began while it started
+                _kill(channel.pid, number)
         if "log" in message:
             level = LogLevel.levelWithName(message.get("level", "info"))
             log.emit(level, "worker {n}: {text}", n=n, text=message["log"])
@@ -168,7 +191,7 @@ class WorkerPool(Service):
         if self.channels.get(n) is channel:
             del self.channels[n]
         lost = self.stats.peers_active.pop(n, 0)
-        if not self.running:
+        if not self.running or n not in self.shares:
             return
         if lost:
             self.stats.increment_counter("sessions_lost", lost)  # their records died with the worker
@@ -183,10 +206,9 @@ class WorkerPool(Service):
         number = getattr(signal, "SIG" + name)
         for channel in list(self.channels.values()):
             if channel.pid is not None:
-                try:
-                    os.kill(channel.pid, number)
-                except ProcessLookupError:
-                    pass
+                _kill(channel.pid, number)
+            elif number not in channel.pending:
+                channel.pending.append(number)
 
     # -- stop ---------------------------------------------------------------------------
     def stopService(self) -> Deferred[None]:
@@ -212,6 +234,13 @@ class WorkerPool(Service):
             for sock in share:
                 sock.close()
         self.shares = {}
+
+
+def _kill(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
 
 
 def _exclusive_check(interface: str, port: int) -> tuple[str, int]:

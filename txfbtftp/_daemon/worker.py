@@ -3,8 +3,9 @@
 It serves the listening sockets the main process bound for it (a share of
 the port's SO_REUSEPORT group), with a reactor of its own, and reports on
 its channel to the main process, one JSON object per line: ``hello`` (its
-pid), ``log`` (each log line), and every tenth of a second the records of
-the sessions that ended and the counters gathered since the last report.
+pid, once it serves and handles signals), ``log`` (each log line), and
+every tenth of a second the records of the sessions that ended and the
+counters gathered since the last report.
 The channel is a Twisted transport, so reporting never blocks serving; the
 main process adds it all to its own statistics and metrics.  SIGTERM drains
 and exits, SIGHUP reloads; when the main process goes (the channel closes),
@@ -19,7 +20,7 @@ import socket
 import sys
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogLevel, eventAsText, globalLogBeginner
@@ -45,24 +46,26 @@ class Channel(Protocol):
         self._reactor = reactor
         self.records: list[dict[str, Any]] = []
         self._closed: Deferred[None] | None = None
+        self._lost = False
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self._lost:
             self.transport.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     def record(self, record: SessionRecord) -> None:
         self.records.append(record.as_dict())
 
     def close(self) -> Deferred[None]:
-        """Flush what is written, then close; fires once closed."""
+        """Flush what is written, then close; fires once closed (at once if
+        the main process has gone: a lost transport never reports closing)."""
+        if self._lost or self.transport is None:
+            return succeed(None)
         d = self._closed = Deferred()
-        if self.transport is None:
-            d.callback(None)
-        else:
-            self.transport.loseConnection()
+        self.transport.loseConnection()
         return d
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         if self._closed is not None:
             if not self._closed.called:
                 self._closed.callback(None)
@@ -94,7 +97,6 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
     os.close(channel_fd)
     globalLogBeginner.beginLoggingTo([_ToChannel(channel)], redirectStandardIO=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    channel.send({"hello": os.getpid(), "worker": number})
     listeners = [socket.socket(fileno=fd) for fd in listen_fds]
     svc = build_tftp(options, reactor, log_stats=False, listeners=listeners, index=number)
     svc.stats.session_listeners.append(channel.record)
@@ -108,6 +110,9 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
         reactor.run()
         return problem.code if problem.code != EX_SOFTWARE else 1
     Signals(reactor, svc).startService()
+    # Said once the reactor runs, after the handlers are installed: the main
+    # process signals a worker (SIGTERM, SIGHUP) only once it knows its pid.
+    reactor.callWhenRunning(channel.send, {"hello": os.getpid(), "worker": number})
     loop = LoopingCall(_report, channel, svc)
     loop.clock = reactor
     loop.start(REPORT_INTERVAL, now=False)
