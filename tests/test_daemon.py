@@ -353,10 +353,10 @@ def test_sigterm_lets_a_large_download_finish_and_takes_no_new_one(servers, tree
     assert "Traceback" not in s.log
 
 
-def test_a_second_sigterm_ends_the_transfers_at_once(servers, tree):
+def slow_transfer(servers, tree, *args):
+    """A server, and a download from it that takes minutes: (server, thread, its result box)."""
     port = free_port()
-    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1",
-              "--log-format", "json")
+    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1", *args)
     s.ready()
     started = threading.Event()
 
@@ -364,65 +364,39 @@ def test_a_second_sigterm_ends_the_transfers_at_once(servers, tree):
         started.set()
         time.sleep(0.02)
 
-    slow = Client(("127.0.0.1", port))
-    t, box = in_thread(slow.download, "big.bin", None, pause)
+    t, box = in_thread(Client(("127.0.0.1", port)).download, "big.bin", None, pause)
     assert started.wait(10)
-    s.signal(signal.SIGTERM)
-    s.wait_for("SIGTERM: stopping")
-    s.signal(signal.SIGTERM)
+    return s, t, box
+
+
+def assert_cut_short(s, t, box):
     t.join(10)
-    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down"
-    assert s.wait(30) == 0
-    assert '"outcome": "server-shutdown"' in s.log and "Traceback" not in s.log
+    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down", box
+    assert s.wait(10) == 0 and "Traceback" not in s.log
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_stop_signal_ends_the_transfers_at_once(servers, tree, number):
+    """SIGTERM twice, or Ctrl-C twice."""
+    s, t, box = slow_transfer(servers, tree, "--log-format", "json", "--shutdown-grace", "60")
+    s.signal(number)
+    s.wait_for("%s: stopping" % number.name)
+    s.signal(number)
+    assert_cut_short(s, t, box)
+    assert '"outcome": "server-shutdown"' in s.log
 
 
 @pytest.mark.parametrize("first,second", [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
                          ids=["INT-TERM", "TERM-INT"])
 def test_two_stop_signals_back_to_back_end_the_transfers_at_once(servers, tree, first, second):
-    """Ctrl-C stops as SIGTERM does, and the second signal counts even when
-    it comes before the drain has begun.  (Two of the same signal sent at
-    once may reach the process as one: the kernel does not count them.)"""
-    port = free_port()
-    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1",
-              "--shutdown-grace", "60")
-    s.ready()
-    started = threading.Event()
-
-    def pause(block):
-        started.set()
-        time.sleep(0.02)
-
-    slow = Client(("127.0.0.1", port))
-    t, box = in_thread(slow.download, "big.bin", None, pause)
-    assert started.wait(10)
+    """The second counts even when it comes before the drain has begun.  (Two
+    of the same signal sent at once may reach the process as one: the kernel
+    does not count them.)"""
+    s, t, box = slow_transfer(servers, tree, "--shutdown-grace", "60")
     s.signal(first)
     s.signal(second)
-    t.join(10)
-    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down", box
-    assert s.wait(10) == 0
-    assert "again: ending the transfers still running" in s.log and "Traceback" not in s.log
-
-
-def test_ctrl_c_twice_ends_the_transfers(servers, tree):
-    port = free_port()
-    s = serve(servers, "--backend", "fs:%s" % tree, "--port", str(port), "--interface", "127.0.0.1",
-              "--shutdown-grace", "60")
-    s.ready()
-    started = threading.Event()
-
-    def pause(block):
-        started.set()
-        time.sleep(0.02)
-
-    slow = Client(("127.0.0.1", port))
-    t, box = in_thread(slow.download, "big.bin", None, pause)
-    assert started.wait(10)
-    s.signal(signal.SIGINT)
-    s.wait_for("SIGINT: stopping")
-    s.signal(signal.SIGINT)
-    t.join(10)
-    assert isinstance(box.get("error"), ServerError) and box["error"].message == "Server shutting down", box
-    assert s.wait(10) == 0 and "Traceback" not in s.log
+    assert_cut_short(s, t, box)
+    assert "again: ending the transfers still running" in s.log
 
 
 @as_root

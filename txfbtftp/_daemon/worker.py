@@ -71,6 +71,8 @@ class Channel(Protocol):
                 self._closed.callback(None)
         elif self._reactor.running:
             self._reactor.stop()  # the main process has gone: drain and exit
+        else:
+            self._reactor.callWhenRunning(self._reactor.stop)  # gone before this one began to serve
 
 
 @implementer(ILogObserver)
