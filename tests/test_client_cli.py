@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -53,6 +54,30 @@ async def test_get_to_a_file_and_to_stdout(srv, tmp_path):
     assert b"txfbtftp get: %d bytes in" % len(DATA) in p.stderr and b"windowsize=8" in p.stderr
     p = await txfbtftp("get", srv + "hello.txt")
     assert (p.returncode, p.stdout, p.stderr) == (0, b"Hello from txfbtftp\n", b"")
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_writes_through_a_symlink_and_into_a_fifo_or_a_device(srv, tmp_path):
+    """Only a file is replaced (by the complete download, renamed over it):
+    a symlink's target is, the link stays; a FIFO or a device is written to."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.write_bytes(b"old")
+    os.chmod(real, 0o640)
+    link.symlink_to(real)
+    p = await txfbtftp("get", srv + "big.bin", "-o", link, "-q")
+    assert p.returncode == 0, p.stderr
+    assert link.is_symlink() and real.read_bytes() == DATA and stat.S_IMODE(real.stat().st_mode) == 0o640
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read = deferToThread(fifo.read_bytes)
+    p = await txfbtftp("get", srv + "big.bin", "-o", fifo, "-q")
+    assert p.returncode == 0 and (await read) == DATA and stat.S_ISFIFO(fifo.stat().st_mode)
+    if os.geteuid() == 0:
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        p = await txfbtftp("get", srv + "big.bin", "-o", null, "-q")
+        assert p.returncode == 0 and stat.S_ISCHR(null.stat().st_mode)
+    assert not [x for x in tmp_path.iterdir() if x.name.endswith(".part")]  # no temporary file left
 
 
 @pytest_twisted.ensureDeferred

@@ -8,7 +8,9 @@ complete: a failed transfer leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
 import sys
 import tempfile
 import urllib.parse
@@ -162,23 +164,35 @@ def get_command(argv: list[str]) -> Command:
     progress = ProgressBar(os.path.basename(url.path), False if args.quiet else args.progress)
 
     async def run(reactor: IClientReactor) -> int:
-        part = None
+        part = direct = None
         try:
             if args.output == "-":
                 out: IO[bytes] = sys.stdout.buffer
             else:
-                target = os.path.abspath(args.output)
+                # A file is written beside its target and renamed over it when
+                # complete (through a symlink: the file it names); a device or
+                # a FIFO (/dev/null, a pipe's name) is written as it is.
                 try:
-                    fd, part = tempfile.mkstemp(prefix=".%s." % os.path.basename(target), suffix=".part",
-                                                dir=os.path.dirname(target))
+                    st: os.stat_result | None = os.stat(args.output)
+                except FileNotFoundError:
+                    st = None
                 except OSError as e:
                     raise LocalError("%s: %s" % (args.output, e.strerror), False) from None
-                out = os.fdopen(fd, "wb")
+                target = os.path.realpath(args.output)
+                try:
+                    if st is not None and not stat.S_ISREG(st.st_mode):
+                        out = direct = open(args.output, "wb")
+                    else:
+                        fd, part = tempfile.mkstemp(prefix=".%s." % os.path.basename(target), suffix=".part",
+                                                    dir=os.path.dirname(target))
+                        out = os.fdopen(fd, "wb")
+                except OSError as e:
+                    raise LocalError("%s: %s" % (args.output, e.strerror), False) from None
             result = await get(reactor, str(url), to=out, progress=progress.callback, **client_kwargs(args))
             out.flush()
             if part is not None:
                 out.close()
-                os.chmod(part, 0o666 & ~_umask())
+                os.chmod(part, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
                 os.replace(part, target)
                 part = None
         except Exception as e:
@@ -187,6 +201,9 @@ def get_command(argv: list[str]) -> Command:
             if part is not None:
                 out.close()
                 os.unlink(part)
+            if direct is not None:
+                with contextlib.suppress(OSError):
+                    direct.close()
         return _done(parser.prog, args, result, progress)
 
     return _checked(parser, run, args)
