@@ -156,6 +156,28 @@ async def test_check_missing_file_and_bad_url(srv):
 
 
 @pytest_twisted.ensureDeferred
+async def test_check_says_what_failed_where_on_one_line(silent):
+    """The server's words cannot break the plugin's line or start its
+    performance data; a failure on this host is UNKNOWN, not CRITICAL."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+
+    def answer():
+        _, client = server.recvfrom(2048)
+        server.sendto(b"\0\5\0\0bad | thing\nsecond line\0", client)
+
+    answered = deferToThread(answer)
+    p = await txfbtftp("check", "tftp://127.0.0.1:%d/f" % server.getsockname()[1])
+    await answered
+    server.close()
+    assert p.returncode == 2 and p.stdout == b"TFTP CRITICAL - f: bad / thing second line (ERROR 0)\n", p.stdout
+    p = await txfbtftp("check", silent + "f", "--bind", "192.0.2.99")
+    assert p.returncode == 3 and p.stdout.startswith(b"TFTP UNKNOWN - f: "), p.stdout
+    p = await txfbtftp("check", silent + "f", "--schedule", "0.1,0.1")
+    assert p.returncode == 2 and p.stdout.startswith(b"TFTP CRITICAL - f: "), p.stdout
+
+
+@pytest_twisted.ensureDeferred
 async def test_check_json(srv):
     p = await txfbtftp("check", srv + "big.bin", "--json", "--size", len(DATA))
     out = json.loads(p.stdout)

@@ -12,6 +12,7 @@ a size or digest mismatch), 3 UNKNOWN (bad arguments, an internal error).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -19,9 +20,11 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.error import DNSLookupError
 from zope.interface import implementer
 
 from txfbtftp._interfaces import IWriter
+from txfbtftp._protocol import errors
 from txfbtftp._protocol.client import request_options
 from txfbtftp._types import IClientReactor
 from txfbtftp._daemon.fetch import client_kwargs, describe, transfer_options
@@ -132,13 +135,29 @@ def _judge(args: argparse.Namespace, url: TFTPURL, result: ClientResult, digest:
 
 
 def _failed(args: argparse.Namespace, url: TFTPURL, exc: BaseException) -> int:
-    state = UNKNOWN if isinstance(exc, CancelledError) else CRITICAL
-    text = "%s: %s" % (url.path, "interrupted" if state == UNKNOWN else describe(exc))
+    # What the server did (or did not) is CRITICAL; what failed here (a
+    # source address this host does not have, a bug) is UNKNOWN.
+    state = CRITICAL if _the_servers(exc) else UNKNOWN
+    reason = "interrupted" if isinstance(exc, CancelledError) else describe(exc)
+    text = "%s: %s" % (url.path, _one_line(reason))
     if args.json:
         _print_json(state, text, url, None, dict(error=type(exc).__name__, code=getattr(exc, "code", None)))
     else:
         print("TFTP %s - %s" % (STATES[state], text))
     return state
+
+
+def _the_servers(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server (or the way to it) failed."""
+    if isinstance(exc, (errors.TFTPError, DNSLookupError, ConnectionRefusedError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN)
+
+
+def _one_line(text: str) -> str:
+    """A server's words on the plugin's one line: no line breaks, and no
+    ``|``, which would start the performance data."""
+    return " ".join(text.replace("|", "/").split())
 
 
 def _perf(label: str, value: str, warn: float | None = None, crit: float | None = None) -> str:
