@@ -95,3 +95,13 @@ def test_overwrite_replaces_and_create_only_refuses(tmp_path):
     assert (tmp_path / "f").read_bytes() == b"old"
     w.commit()
     assert (tmp_path / "f").read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["f"]
+
+
+@pytest.mark.parametrize("length", [240, 241, 255])
+def test_an_upload_may_have_the_longest_name_the_file_system_takes(tmp_path, length):
+    """The temporary file beside it carries 15 more bytes: its name is cut, not the upload refused."""
+    name = "n" * (length - 2) + "é"  # two bytes in UTF-8
+    w = FilesystemBackend(str(tmp_path), writable=True).get_writer(name, REQ)
+    w.write(b"data")
+    w.commit()
+    assert (tmp_path / name).read_bytes() == b"data" and os.listdir(tmp_path) == [name]

@@ -118,7 +118,8 @@ class FileWriter:
         self._overwrite = overwrite
         self._mode = mode
         directory, name = os.path.split(path)
-        fd, self.tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".part", dir=directory)
+        # Within NAME_MAX (255) whatever the name's length: "." + 8 + ".part" + "." take 15.
+        fd, self.tmp = tempfile.mkstemp(prefix=".%s." % _prefix(name, 240), suffix=".part", dir=directory)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
         self._file = os.fdopen(fd, "wb")
 
@@ -159,6 +160,11 @@ class FileWriter:
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def _prefix(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` bytes as the file system sees it."""
+    return os.fsdecode(os.fsencode(name)[:limit])
 
 
 def _os_error(e: OSError) -> errors.TFTPError:
