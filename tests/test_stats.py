@@ -352,6 +352,30 @@ def test_session_log_line_carries_the_record(service):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_request_of_64_kib_makes_a_line_of_a_few(service):
+    """The log keeps the start of what an anonymous client chose to send:
+    its name, its options and its ERROR text, not all of them."""
+    with Events() as events:
+        svc = service()
+        c = listen()
+        options = {"x%d" % i: "v" * 2000 for i in range(25)}
+        c.send(packet.request(packet.RRQ, "n" * 12000, "octet", options), addr(svc))
+        data, _ = yield c.recv()
+        assert packet.opcode_of(data) == packet.ERROR
+        c.send(packet.request(packet.RRQ, "small.bin", "octet"), addr(svc))
+        data, server = yield c.recv()
+        c.send(packet.error(0, "e" * 30000), server)
+        yield sleep(0.1)
+    lines = [formatEvent(e) for e in events if "bytes_transferred" in e]
+    events = [e for e in events if "bytes_transferred" in e]
+    assert len(lines) == 2 and all(len(line) < 2000 for line in lines), [len(line) for line in lines]
+    assert len(events[0]["path"]) == 515 and len(events[0]["options_requested"]) == 16
+    assert len(events[1]["error_message"]) == 515
+    assert sum(len(json.dumps(e, default=str)) for e in events) < 10000
+    yield c.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_malformed_traffic_is_rate_limited_per_host_with_the_count_reported(service):
     clock = Clock()
     with Events() as events:

@@ -110,17 +110,38 @@ class SessionRecord:
         return d
 
 
+#: What a log line keeps of what a client wrote (a request may carry 64 KiB):
+#: the characters of a name or an option, and the options.
+_CLIP, _OPTIONS = 512, 16
+
+
+def _clip(text: str, limit: int = _CLIP) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _logged(r: SessionRecord) -> dict[str, Any]:
+    """``r``'s fields for its log line, what the client wrote clipped: the
+    log must not grow by what an anonymous request chooses to send."""
+    d = r.as_dict()
+    d["path"], d["error_message"] = _clip(r.path), _clip(r.error_message)
+    for key in ("options_requested", "options_acknowledged"):
+        d[key] = {_clip(k, 64): _clip(v, 64) for k, v in list(d[key].items())[:_OPTIONS]}
+    return d
+
+
 def log_record(r: SessionRecord) -> None:
-    """The session's one line at info; the event carries every field as a key."""
+    """The session's one line at info; the event carries every field as a
+    key (the client's words clipped: see :func:`_logged`)."""
     peer = fmt((r.client, r.client_port))
     verb = "RRQ" if r.direction == "read" else "WRQ"
+    fields = _logged(r)
     if r.tsize_probe:
-        log.info("{peer} {verb} {path!r}: tsize probe (ERROR 8 after OACK)", peer=peer, verb=verb, **r.as_dict())
+        log.info("{peer} {verb} {path!r}: tsize probe (ERROR 8 after OACK)", peer=peer, verb=verb, **fields)
         return
     result = r.outcome
     if r.error_code is not None:
-        result += " %d %s" % (r.error_code, r.error_message)
+        result += " %d %s" % (r.error_code, fields["error_message"])
     elif r.error_message and r.outcome != Outcome.OK.value:
-        result += " (%s)" % r.error_message
+        result += " (%s)" % fields["error_message"]
     log.info("{peer} {verb} {path!r} {mode}: {bytes_transferred} bytes in {duration:.3f}s, {result}",
-             peer=peer, verb=verb, result=result, **r.as_dict())
+             peer=peer, verb=verb, result=result, **fields)
