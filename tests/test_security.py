@@ -81,6 +81,21 @@ def test_fifty_ports_of_one_address_get_sixteen_replies(server):
     assert server.stats.totals["requests_over_budget"] == 34
 
 
+def test_queued_requests_count_against_the_address_budget():
+    """When every slot is taken, one address that never answers cannot fill
+    the queue everyone shares: its queued requests are unverified too."""
+    server = MemoryServer(MemoryBackend(FILES), ServerConfig(max_sessions=2, max_queue=50,
+                                                             max_unverified_per_source=4))
+    for port in range(60):
+        server.send(rrq("pxelinux.0"), (SOURCE[0], 30000 + port))
+    other = ("198.51.100.8", 40000)
+    assert server.send(rrq("pxelinux.0"), other) == []  # queued behind the two running
+    totals = server.stats.totals
+    assert (totals["requests_over_budget"], totals["requests_queued"], totals["requests_refused_busy"]) == (56, 3, 0)
+    assert server.send(rrq("pxelinux.0"), (SOURCE[0], 30002)) == []  # a repeat keeps its place: not over budget
+    assert server.stats.totals["requests_over_budget"] == 56
+
+
 def test_a_spoofed_ack_in_single_port_mode_costs_one_capped_window_once(server):
     """The attacker cannot see the OACK (it goes to the victim) but knows the
     port: RRQ with the largest window, then ACK 0 blind."""

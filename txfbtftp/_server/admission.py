@@ -40,12 +40,35 @@ class Admission:
         self.active = 0
         self._by_client: dict[str, int] = {}
         self._queue: OrderedDict[Key, list] = OrderedDict()
+        self._waiting: dict[str, int] = {}  # queued requests, by source address
         self._admitting = False
         self._stuck = False  # a request was put back: wait for a release
 
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def waits(self, key: Key) -> bool:
+        return key in self._queue
+
+    def waiting(self, host: str) -> int:
+        """How many requests of ``host`` wait in the queue."""
+        return self._waiting.get(host, 0)
+
+    def _enqueue(self, key: Key, entry: list, first: bool = False) -> None:
+        self._queue[key] = entry
+        if first:
+            self._queue.move_to_end(key, last=False)
+        self._waiting[key[0]] = self._waiting.get(key[0], 0) + 1
+
+    def _dequeue(self, key: Key) -> list:
+        entry = self._queue.pop(key)
+        n = self._waiting[key[0]] - 1
+        if n:
+            self._waiting[key[0]] = n
+        else:
+            del self._waiting[key[0]]
+        return entry
 
     def _room(self, host: str) -> bool:
         if self.max_sessions and self.active >= self.max_sessions:
@@ -66,13 +89,14 @@ class Admission:
             self._expire(now)
             if len(self._queue) >= self.max_queue:
                 return Verdict.BUSY
-        self._queue[key] = [start, now]
+        self._enqueue(key, [start, now])
         self._admit(now)
         return Verdict.QUEUED if key in self._queue else Verdict.START
 
     def clear(self) -> None:
         """Nobody waits any more (the server is stopping)."""
         self._queue.clear()
+        self._waiting.clear()
 
     def release(self, host: str, now: float) -> None:
         """A session of ``host`` ended: admit whoever can go next."""
@@ -87,8 +111,7 @@ class Admission:
         self._end(key[0])
         if not self.active:
             return False
-        self._queue[key] = [start, now]
-        self._queue.move_to_end(key, last=False)
+        self._enqueue(key, [start, now], first=True)
         self._stuck = True
         return True
 
@@ -106,7 +129,7 @@ class Admission:
 
     def _expire(self, now: float) -> None:
         for key in [k for k, (_, seen) in self._queue.items() if now - seen > self.max_wait]:
-            del self._queue[key]
+            self._dequeue(key)
 
     def _admit(self, now: float) -> None:
         # A started session may end at once (file not found) and release its
@@ -120,7 +143,7 @@ class Admission:
                 key = next((k for k in self._queue if self._room(k[0])), None)
                 if key is None:
                     return
-                start, _ = self._queue.pop(key)
+                start, _ = self._dequeue(key)
                 self._begin(key[0])
                 start()
         finally:

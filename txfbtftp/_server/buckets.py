@@ -54,9 +54,11 @@ class UnverifiedBudget:
         self._open: dict[str, int] = {}
         self._bytes = Buckets(clock, rate, burst) if rate > 0 else None
 
-    def admit(self, host: str) -> bool:
-        """May one more unverified session start for ``host``?"""
-        return not self.max_sessions or self._open.get(host, 0) < self.max_sessions or _loopback(host)
+    def admit(self, host: str, waiting: int = 0) -> bool:
+        """May one more unverified session start for ``host``, which has
+        ``waiting`` more requests queued (unverified too)?"""
+        return (not self.max_sessions or self._open.get(host, 0) + waiting < self.max_sessions
+                or _loopback(host))
 
     def opened(self, host: str) -> None:
         self._open[host] = self._open.get(host, 0) + 1

@@ -131,7 +131,10 @@ class TFTPProtocol(DatagramProtocol):
             existing.abandon("client sent a new request")
         elif self._ended.stale(key, data, arrived):
             return  # a copy that waited in the queue while its session ran to its end
-        if not self.budget.admit(key[0]):
+        # A queued request counts as an unverified session: one address must
+        # not fill the queue that everyone shares.  (A repeat keeps its place.)
+        host = key[0]
+        if not self.admission.waits(key) and not self.budget.admit(host, self.admission.waiting(host)):
             self._quietly(key, "requests_over_budget", "too many requests that were never answered")
             return
         verdict = self.admission.offer(key, lambda: self._start(req, addr, key, local), self.clock.seconds())
