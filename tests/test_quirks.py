@@ -417,3 +417,26 @@ def test_queued_requests_that_fail_at_once_release_their_slots(serve, root):
     assert len(ended) == 3 and svc.stats.active == 0 and svc.admission.active == 0
     for x in (a, b, c):
         yield x.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_service_starts_again_once_its_stop_has_finished(serve, root):
+    """Started while its transfers still drain, it refuses at once (the end
+    of the drain would release what the start binds); afterwards it serves."""
+    (root / "again.bin").write_bytes(b"a" * 5000)
+    svc = serve(shutdown_grace=30)
+    c = listen()
+    c.send(packet.request(packet.RRQ, "again.bin", "octet"), ("127.0.0.1", svc.bound_port))
+    yield c.recv()  # DATA 1, never acknowledged: the transfer drains
+    stopped = svc.stopService()
+    assert not stopped.called
+    with pytest.raises(RuntimeError, match="before its stop finished"):
+        svc.startService()
+    svc.stop_now()
+    yield stopped
+    yield c.close()
+    svc.startService()
+    c = listen()
+    data, _, _ = yield download(c, ("127.0.0.1", svc.bound_port), "again.bin")
+    assert data == b"a" * 5000 and svc.listening and svc.protocols
+    yield c.close()

@@ -99,6 +99,10 @@ class TFTPService(Service):
         self._bind()
 
     def startService(self) -> None:
+        if self._drain is not None:
+            # Its end would release what this start binds.
+            raise RuntimeError("TFTPService started again before its stop finished: wait for the Deferred "
+                               "that stopService returned")
         if not self.listening:
             self._bind()  # started without privilegedStartService, as embedders and tests do
         super().startService()
