@@ -129,6 +129,16 @@ def test_unverified_bytes_per_address_are_budgeted(server):
     assert server.stats.totals["packets_withheld"] >= 10
 
 
+def test_a_rate_below_one_window_still_lets_the_first_window_out():
+    """--unverified-rate 64K with windows of 94 KB: each address gets its
+    first window, not silence on every repeat."""
+    server = MemoryServer(MemoryBackend(FILES), ServerConfig(unverified_bytes_per_second=64 * 1024))
+    oack = server.send(rrq("big.bin", blksize=1468, windowsize=64), SOURCE)
+    assert packet.parse_oack(oack[0])["windowsize"] == "64"
+    window = server.send(packet.ack(0), SOURCE)
+    assert [int.from_bytes(d[2:4], "big") for d in window] == list(range(1, 65))
+
+
 def test_once_the_client_acknowledged_data_the_timer_retransmits_as_always(server):
     server.send(rrq("pxelinux.0"), SOURCE)
     server.send(packet.ack(1), SOURCE)

@@ -76,7 +76,7 @@ class TFTPProtocol(DatagramProtocol):
         self.access = access if access is not None else AccessRules()
         self.budget = budget if budget is not None else UnverifiedBudget(
             reactor.seconds, config.max_unverified_per_source, config.unverified_bytes_per_second,
-            config.unverified_bytes_per_second)
+            _burst(config))
         #: The server is stopping: requests are dropped (see txfbtftp._server.drain).
         self.draining = False
         self._log_limiter = LogLimiter(reactor.seconds)
@@ -260,6 +260,15 @@ class TFTPProtocol(DatagramProtocol):
         for session in list(self.sessions.values()):
             session.abandon("server stopping")
         self.wheel.stop()
+
+
+def _burst(config: ServerConfig) -> int:
+    """What an unverified address may be sent at once: a second's worth, and
+    never less than the largest first packet or window the limits allow
+    (with its headers), or a rate below it would start nobody."""
+    limits = config.limits
+    largest = max(limits.max_window_bytes, limits.max_blksize) + 4 * limits.max_windowsize
+    return max(config.unverified_bytes_per_second, largest)
 
 
 def _capacity(config: ServerConfig) -> int:
