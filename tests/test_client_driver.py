@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from txfbtftp import IReader, IWriter, Schedule, TFTPTimeout
-from txfbtftp._protocol import packet
+from txfbtftp._protocol import errors, packet
 from txfbtftp.client import get, put
 
 SERVER = ("127.0.0.1", 69)
@@ -256,3 +256,59 @@ def test_an_upload_waits_for_a_reader_that_answers_later(reactor):
     result = outcome(d)
     assert result.record.bytes_transferred == 11 and result.record.bytes_sent == 11 and reader.closed
     assert port.stopped
+
+
+@implementer(IWriter)
+class StuckWriter:
+    """Its first write never finishes."""
+
+    def __init__(self):
+        self.writes, self.aborted, self.committed = 0, False, False
+
+    def write(self, data):
+        self.writes += 1
+        return Deferred()
+
+    def commit(self):
+        self.committed = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_a_local_write_that_never_finishes_fails_the_download_in_the_schedules_time(reactor):
+    writer = StuckWriter()
+    schedule = Schedule.parse("1,2")
+    d = get(reactor, "127.0.0.1", "f", blksize=512, tsize=False, to=writer, schedule=schedule)
+    port = reactor.ports[0]
+    port.protocol.datagramReceived(packet.data(1, b"a" * 512), TID)
+    port.protocol.datagramReceived(packet.data(2, b"end"), TID)
+    reactor.advance(schedule.total - 0.1)
+    assert outcome(d) is None
+    reactor.advance(0.2)
+    failure = outcome(d)
+    assert failure.check(errors.TFTPError) and "did not finish" in failure.getErrorMessage()
+    assert writer.aborted and not writer.committed and writer.writes == 1 and reactor.getDelayedCalls() == []
+
+
+def test_an_upload_whose_reader_never_answers_fails_in_the_schedules_time(reactor):
+    reader = SlowReader()
+    schedule = Schedule.parse("1,2")
+    d = put(reactor, "127.0.0.1", "up", source=reader, blksize=8, schedule=schedule)
+    port = reactor.ports[0]
+    port.protocol.datagramReceived(packet.oack({"blksize": "8"}), TID)
+    assert len(reader.calls) == 1
+    reactor.advance(schedule.total + 0.1)
+    failure = outcome(d)
+    assert failure.check(errors.TFTPError) and reader.closed
+    assert (packet.error(0, "The local read did not finish in 3s"), TID) in port.take()
+
+
+def test_cancelling_after_the_exchange_ended_still_aborts_the_writer(reactor):
+    writer = StuckWriter()
+    d = get(reactor, "127.0.0.1", "f", blksize=512, tsize=False, to=writer)
+    port = reactor.ports[0]
+    port.protocol.datagramReceived(packet.data(1, b"end"), TID)
+    reactor.advance(10)  # the dally is over: the port is closed, the write still pending
+    d.cancel()
+    assert outcome(d).check(CancelledError) and writer.aborted and not writer.committed

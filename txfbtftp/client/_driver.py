@@ -183,6 +183,9 @@ class TransferProtocol(DatagramProtocol):
         self._batch = BatchSender()
         self._timer: IDelayedCall | None = None
         self._timer_at = 0.0
+        #: Fails the transfer when a local read or write stays pending longer
+        #: than the whole schedule's patience.
+        self._stall: IDelayedCall | None = None
         self._us: Address = ("", 0)
         self._started_at = 0.0
         self._ended: tuple[float, float] | None = None   # wall clock, reactor clock
@@ -252,6 +255,8 @@ class TransferProtocol(DatagramProtocol):
         if out:
             self._send(out, self._peer or self.server)
             out.clear()
+        if self.files.pending is not None and self._stall is None and not self._settled:
+            self._stall = self._clock.callLater(self.transfer.schedule.total, self._stalled)
         if t.outcome is None:  # neither complete nor finished: the usual case
             self._arm(now)
             return
@@ -269,6 +274,7 @@ class TransferProtocol(DatagramProtocol):
 
     def _resume(self, fed: bytes | None) -> None:
         """A pending read or write settled."""
+        self._unstall()
         now = self._clock.seconds()
         if fed is not None:
             self.transfer.feed(fed, now, self._out)
@@ -340,9 +346,24 @@ class TransferProtocol(DatagramProtocol):
         self._fail(failure)
         self._step(self._clock.seconds())
 
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.files.pending is not None and not self._settled:
+            what = "read" if self.transfer.write else "write"
+            self._local_failure(Failure(errors.TFTPError("The local %s did not finish in %gs"
+                                                         % (what, self.transfer.schedule.total))))
+
+    def _unstall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
     def _cancel(self, _: Deferred[ClientResult]) -> None:
         """``done`` was cancelled (Twisted then fails it with CancelledError)."""
         if self._closed:
+            if not self._settled:  # the exchange ended, the writer's commit or a write had not
+                self._settled = True
+                self.files.release()
             return
         self._settled = True
         if not self.transfer.complete:
@@ -358,6 +379,8 @@ class TransferProtocol(DatagramProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._settled:
+            self._unstall()
         self._sock = None
         if self.transport is not None:
             cast(Any, self.transport).stopListening()
