@@ -63,11 +63,7 @@ class Admission:
 
     def _dequeue(self, key: Key) -> list:
         entry = self._queue.pop(key)
-        n = self._waiting[key[0]] - 1
-        if n:
-            self._waiting[key[0]] = n
-        else:
-            del self._waiting[key[0]]
+        _one_less(self._waiting, key[0])
         return entry
 
     def _room(self, host: str) -> bool:
@@ -117,11 +113,7 @@ class Admission:
 
     def _end(self, host: str) -> None:
         self.active -= 1
-        n = self._by_client.get(host, 0) - 1
-        if n > 0:
-            self._by_client[host] = n
-        else:
-            self._by_client.pop(host, None)
+        _one_less(self._by_client, host)
 
     def _begin(self, host: str) -> None:
         self.active += 1
@@ -148,3 +140,12 @@ class Admission:
                 start()
         finally:
             self._admitting = False
+
+
+def _one_less(counts: dict[str, int], host: str) -> None:
+    """Count one less for ``host``, forgetting it at none."""
+    n = counts.get(host, 0) - 1
+    if n > 0:
+        counts[host] = n
+    else:
+        counts.pop(host, None)

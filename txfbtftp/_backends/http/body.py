@@ -232,9 +232,14 @@ class Discard(Protocol):
                 producer.stopProducing()
 
 
-def reason(failure: Failure) -> str:
-    """The useful part of Twisted's nested ``ResponseFailed([...])`` reasons."""
+def causes(failure: Failure) -> list[Failure]:
+    """What Twisted's nested ``ResponseFailed([...])`` reasons come down to."""
     inner = getattr(failure.value, "reasons", None)
     if inner:
-        return "; ".join(reason(f) for f in inner)
-    return "%s: %s" % (type(failure.value).__name__, failure.getErrorMessage())
+        return [c for f in inner if isinstance(f, Failure) for c in causes(f)]
+    return [failure]
+
+
+def reason(failure: Failure) -> str:
+    """The useful part of ``failure``: its causes."""
+    return "; ".join("%s: %s" % (type(f.value).__name__, f.getErrorMessage()) for f in causes(failure))

@@ -29,7 +29,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from txfbtftp._backends.http.body import BodyStream, Discard, reason
+from txfbtftp._backends.http.body import BodyStream, Discard, causes, reason
 from txfbtftp._backends.http.iorigin import IOrigin, OriginResponse
 from txfbtftp._interfaces import ILifecycle
 from txfbtftp._observe.logs import log
@@ -226,10 +226,7 @@ class HTTPOrigin:
 def _cancelled(failure: Failure) -> bool:
     """Whether ``failure`` is the timeout's cancel, which arrives wrapped when
     the request was already sent (``ResponseNeverReceived([CancelledError])``)."""
-    if failure.check(CancelledError):
-        return True
-    return any(_cancelled(f) for f in getattr(failure.value, "reasons", None) or ()
-               if isinstance(f, Failure))
+    return any(f.check(CancelledError) for f in causes(failure))
 
 
 def _weak(etag: str) -> str:

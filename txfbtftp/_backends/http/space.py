@@ -75,31 +75,19 @@ def _granted(store: CacheStore, ix: Index, name: str, size: int) -> int:
 def reclaim(store: CacheStore, ix: Index, name: str) -> bool:
     """Drop the fills (but ``name``'s) whose filler is gone, and their
     files: a live filler holds its file locked from claim to commit, so a
-    file this can lock has none.  A process taking a fill over holds the
+    file nobody holds has none.  A process taking a fill over holds the
     lock as well, so its fill stays; one that locks it too late finds the
     record gone (its readers go on from the origin).  Whether any went."""
     dropped = False
     for other, fill in list(ix.fills.items()):
         if other == name:
             continue
-        try:
-            fd = os.open(store.path(fill.part), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:  # given up or committed meanwhile
-            del ix.fills[other]
-            dropped = True
-            continue
-        except OSError:
-            continue
-        try:
-            if not try_lock(fd):
-                continue
+        if _remove(store, fill.part):
             log.info("cache: dropping the fill of {key!r}: the process fetching it is gone", key=fill.key)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(store.path(fill.part))
-            del ix.fills[other]
-            dropped = True
-        finally:
-            os.close(fd)
+        elif os.path.exists(store.path(fill.part)):
+            continue  # held: its filler is alive
+        del ix.fills[other]  # its file is gone (given up or committed meanwhile)
+        dropped = True
     return dropped
 
 
