@@ -12,8 +12,10 @@ has; CI runs it again with ``TXFBTFTP_PURE_PYTHON=1``.
 import os
 import select
 import socket
+import time
 
 import pytest
+import pytest_twisted
 from twisted.internet.task import Clock
 
 from txfbtftp import FilesystemBackend, ServerConfig
@@ -371,3 +373,141 @@ def test_a_lane_step_that_fails_is_logged_and_the_poller_goes_on(root):
     finally:
         globalLogPublisher.removeObserver(events.append)
         twin.close()
+
+
+# -- parking: the idle poller sleeps in the compiled module ------------------------------------------
+
+
+@pytest.fixture
+def parked():
+    """An epoll holding one session-like socket, a pipe standing in for the
+    reactor's descriptors, and a client socket."""
+    ep = select.epoll()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    ep.register(sock.fileno(), select.EPOLLIN)
+    r, w = os.pipe()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield ep, sock, r, w, client
+    for closing in (ep, sock, client):
+        closing.close()
+    os.close(r)
+    os.close(w)
+
+
+def _park(ep, r, timeout):
+    from txfbtftp import _speedups
+    start = time.monotonic()
+    result = _speedups.park(ep.fileno(), r, {}, lambda exc, _: None, timeout)
+    return result, time.monotonic() - start
+
+
+@compiled
+def test_a_park_hands_a_datagram_without_a_lane_back_to_python(parked):
+    ep, sock, r, _, client = parked
+    client.sendto(b"ack", sock.getsockname())
+    (rest, later, served), took = _park(ep, r, 5.0)
+    assert rest == [(sock.fileno(), select.EPOLLIN)] and later == [] and served == 0
+    assert took < 2.5
+    assert sock.recv(10) == b"ack"  # read by Python, not by the park
+
+
+@compiled
+def test_a_park_ends_when_its_time_is_up(parked):
+    ep, _, r, _, _ = parked
+    (rest, later, served), took = _park(ep, r, 0.05)
+    assert (rest, later, served) == ([], [], 0)
+    assert 0.05 <= took < 2.5
+
+
+@compiled
+def test_a_park_ends_as_soon_as_the_reactor_has_work(parked):
+    ep, _, r, w, _ = parked
+    os.write(w, b"x")
+    (rest, later, served), took = _park(ep, r, 5.0)
+    assert (rest, later, served) == ([], [], 0) and took < 2.5
+
+
+@compiled
+def test_a_park_lets_other_threads_run(parked):
+    """The reactor's threads (file hashing, syncs) run while the poller
+    sleeps: here one of them is what ends the sleep."""
+    import threading
+    ep, _, r, w, _ = parked
+
+    def later():
+        time.sleep(0.05)
+        os.write(w, b"x")  # needs the GIL
+    thread = threading.Thread(target=later)
+    thread.start()
+    (rest, later_calls, served), took = _park(ep, r, 10.0)
+    thread.join()
+    assert (rest, later_calls, served) == ([], [], 0) and took < 5.0
+
+
+@compiled
+@pytest_twisted.inlineCallbacks
+def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, serve):
+    """With no busy polling, each ACK of a lock-step download would be one
+    trip through the reactor; parked in the compiled module, the poller
+    serves them there, and the reactor sees a few (its timers, the last
+    ACK)."""
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    blocks = 600
+    data = os.urandom(512 * blocks)
+    (root / "big.bin").write_bytes(data)
+    svc = serve(busy_poll=0)
+    sockets = svc.protocols[0].sockets
+    assert sockets._park is not None  # the epoll reactor, and the compiled module
+    entered = []
+    through_the_reactor = sockets.doRead
+
+    def doRead():
+        entered.append(1)
+        through_the_reactor()
+    sockets.doRead = doRead
+    port = svc.protocols[0].transport.getHost().port
+    out = tmp_path / "got.bin"
+    _, err, code = yield getProcessOutputAndValue(
+        sys.executable, ["-m", "txfbtftp", "get", "-q", "-b", "512", "-o", str(out),
+                         f"tftp://127.0.0.1:{port}/big.bin"], env=dict(os.environ))
+    assert code == 0, err
+    assert out.read_bytes() == data
+    assert len(entered) < blocks / 4
+
+
+@compiled
+@pytest.mark.parametrize("reactor_busy", [False, True], ids=["reactor-idle", "reactor-busy"])
+def test_busy_lanes_let_the_reactor_in_every_batch(root, reactor_busy):
+    """A parked poller keeps serving lanes that stay busy, but looks every
+    BATCH datagrams whether the reactor has something else ready."""
+    from txfbtftp import _speedups
+    (root / "big.bin").write_bytes(os.urandom(400 * 512))
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    r, w = os.pipe()
+    reactor = select.epoll()  # as the epoll reactor's: the poller's epoll, and another descriptor
+    reactor.register(twin.sockets.fileno(), select.EPOLLIN)
+    reactor.register(r, select.EPOLLIN)
+    try:
+        twin.request("big.bin", {})
+        twin.send(packet.ack(1))  # Python takes it, and opens the lane
+        twin.send(packet.ack(2))  # the lane's first, and the timer it leaves Python to re-arm
+        assert list(twin.sockets._lanes) == [twin.session.link._sock.fileno()]
+        for n in range(3, 203):  # queued at once: each acknowledges the whole window once the one before is served
+            twin.client.sendto(packet.ack(n), twin.tid)
+        if reactor_busy:
+            os.write(w, b"x")
+        rest, later, served = _speedups.park(twin.sockets.fileno(), reactor.fileno(), twin.sockets._lanes,
+                                             lambda exc, _: None, 0.5)
+        assert rest == [] and later == []
+        assert served == (poller.BATCH if reactor_busy else 200)
+        assert twin.session.machine._acked == 2 + served
+    finally:
+        twin.close()
+        reactor.close()
+        os.close(r)
+        os.close(w)

@@ -30,8 +30,11 @@
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -43,6 +46,7 @@
 #define MAX_SEGMENTS 64
 #define MAX_GSO_BYTES 65000
 #define MAX_WINDOW 256
+#define BATCH 64
 
 static PyTypeObject LaneType;
 
@@ -896,6 +900,115 @@ error:
     return NULL;
 }
 
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* park(epfd, other, lanes, failed, timeout) -> (rest, later, served)
+ *
+ * Sleep until the poller's epoll (epfd) or the reactor's own (other) has
+ * something, for at most ``timeout`` seconds, serving the lanes' datagrams
+ * as they come without going back to Python.  Returns when Python has work:
+ * an event of a descriptor without a lane (rest), a call to make (later),
+ * the reactor's other descriptors ready, a signal, or the time up;
+ * ``served`` is how many datagrams the lanes took meanwhile.  The GIL is released while
+ * asleep, so the reactor's threads run. */
+static PyObject *
+park(PyObject *module, PyObject *args)
+{
+    int epfd, other;
+    double timeout, deadline;
+    long served = 0, unpeeked = 0;
+    PyObject *lanes, *failed, *rest, *later, *result = NULL;
+    unsigned char *buf;
+    struct epoll_event evs[BATCH];
+    if (!PyArg_ParseTuple(args, "iiO!Od", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout))
+        return NULL;
+    rest = PyList_New(0);
+    later = PyList_New(0);
+    buf = PyMem_Malloc(MAX_DATAGRAM);
+    if (rest == NULL || later == NULL || buf == NULL) {
+        if (buf == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    deadline = monotonic() + timeout;
+    for (;;) {
+        struct pollfd fds[2] = {{epfd, POLLIN, 0}, {other, POLLIN, 0}};
+        struct timespec ts;
+        double left = deadline - monotonic();
+        int n, i;
+        if (left <= 0)
+            break;
+        ts.tv_sec = (time_t)left;
+        ts.tv_nsec = (long)((left - ts.tv_sec) * 1e9);
+        Py_BEGIN_ALLOW_THREADS
+        n = ppoll(fds, 2, &ts, NULL);
+        Py_END_ALLOW_THREADS
+        if (n < 0 && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+        /* A signal's Python handler runs now, as between two bytecodes;
+         * whatever it asked of the reactor is for the reactor to do. */
+        if (PyErr_CheckSignals() < 0)
+            goto done;
+        /* The reactor's epoll holds the poller's, so it is ready whenever
+         * the poller is: it speaks for others only once the poller is not. */
+        if (n <= 0 || !(fds[0].revents & POLLIN))
+            break;
+        n = epoll_wait(epfd, evs, BATCH, 0);
+        for (i = 0; i < n; i++) {
+            PyObject *fdo = PyLong_FromLong(evs[i].data.fd), *lane;
+            if (fdo == NULL)
+                goto done;
+            lane = PyDict_GetItemWithError(lanes, fdo);
+            if (lane != NULL && Py_IS_TYPE(lane, &LaneType)) {
+                Py_DECREF(fdo);
+                if (lane_event((Lane *)lane, buf, later, failed) < 0)
+                    goto done;
+                served++;
+            } else {
+                PyObject *ev;
+                if (PyErr_Occurred()) {
+                    Py_DECREF(fdo);
+                    goto done;
+                }
+                ev = Py_BuildValue("(Ni)", fdo, (int)evs[i].events);
+                if (ev == NULL || PyList_Append(rest, ev)) {
+                    Py_XDECREF(ev);
+                    goto done;
+                }
+                Py_DECREF(ev);
+            }
+        }
+        if (PyList_GET_SIZE(rest) || PyList_GET_SIZE(later))
+            break;
+        /* Busy lanes keep the poller ready: every BATCH datagrams, look
+         * whether the reactor holds anything else ready, so its other
+         * descriptors wait no longer than that. */
+        unpeeked += n;
+        if (unpeeked >= BATCH) {
+            unpeeked = 0;
+            n = epoll_wait(other, evs, BATCH, 0);
+            for (i = 0; i < n && evs[i].data.fd == epfd; i++)
+                ;
+            if (i < n)
+                break;
+        }
+    }
+    result = Py_BuildValue("(OOl)", rest, later, served);
+done:
+    PyMem_Free(buf);
+    Py_XDECREF(rest);
+    Py_XDECREF(later);
+    return result;
+}
+
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "txfbtftp._speedups.Lane",
@@ -912,6 +1025,7 @@ static PyTypeObject LaneType = {
 
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS, "Serve the events of lanes; return (rest, later)."},
+    {"park", park, METH_VARARGS, "Sleep until Python has work, serving lanes meanwhile; (rest, later, served)."},
     {NULL, NULL, 0, NULL},
 };
 

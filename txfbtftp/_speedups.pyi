@@ -17,3 +17,10 @@ def serve(events: list[tuple[int, int]], lanes: dict[int, Lane], failed: Callabl
           ) -> tuple[list[tuple[int, int]], list[tuple[Callable[[Any, Any], object], Any, Any]]]:
     """Serve the events of ``lanes``' sockets; the other events, and the
     calls Python must make (a datagram handed back, a timer to re-arm)."""
+
+def park(epfd: int, other: int, lanes: dict[int, Lane], failed: Callable[[BaseException, None], object],
+         timeout: float) -> tuple[list[tuple[int, int]], list[tuple[Callable[[Any, Any], object], Any, Any]], int]:
+    """Sleep on ``epfd`` and ``other`` (the reactor's epoll) at most
+    ``timeout`` seconds, serving ``lanes``' datagrams meanwhile, until Python
+    has work; the events of other descriptors, the calls Python must make,
+    and how many datagrams the lanes took."""
