@@ -109,6 +109,33 @@ def test_stray_tid_gets_error_5_and_does_not_disturb(serve, root):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_stranger_flooding_a_session_port_gets_a_few_error_5s_and_the_transfer_goes_on(serve, root):
+    """Anyone can send with someone else's address: the ERROR 5s are
+    rate-limited per address like the listening port's ERRORs."""
+    svc = serve()
+    c, stranger = listen(), listen()
+    c.send(packet.request(packet.RRQ, "small.bin", "octet"), addr(svc))
+    data, tid = yield c.recv()
+    for _ in range(50):
+        stranger.send(packet.ack(1), tid)
+    got = yield stranger.quiet(0.3)
+    assert 10 <= len(got) <= 11  # a burst of ten, and two a second
+    assert {packet.parse_error(d).code for d, _ in got} == {packet.ERR_UNKNOWN_TID}
+    assert svc.stats.get_counter("errors_suppressed") == 50 - len(got)
+    out = [data[4:]]
+    block = 1
+    while len(data) - 4 == 512:
+        c.send(packet.ack(block), tid)
+        data, _ = yield c.recv()
+        block += 1
+        out.append(data[4:])
+    c.send(packet.ack(block), tid)
+    assert b"".join(out) == (root / "small.bin").read_bytes()
+    yield c.close()
+    yield stranger.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_client_error_mid_transfer_ends_the_session_quietly(serve):
     ended = []
     svc = serve(on_record=ended.append)

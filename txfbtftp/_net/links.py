@@ -3,7 +3,8 @@
 A session holds a link and does not know which kind it has.  A
 :class:`SocketLink` is the classic way: a socket of the session's own, whose
 port is the server's transfer ID; datagrams from anyone but the client get
-ERROR 5.  A :class:`ListenerLink` sends from the listening port, for
+ERROR 5, as far as the host says (a budget per address: anyone can send
+them with someone else's address).  A :class:`ListenerLink` sends from the listening port, for
 ``--single-port``; the listening protocol routes the client's datagrams.
 """
 from __future__ import annotations
@@ -43,10 +44,10 @@ class Link(Protocol):
 class SocketLink:
     """A session socket in a :class:`~txfbtftp._net.poller.SessionSockets`."""
 
-    __slots__ = ("port", "_sock", "_poller", "_host", "_cport", "_dest", "_receive", "_send")
+    __slots__ = ("port", "_sock", "_poller", "_host", "_cport", "_dest", "_receive", "_send", "_answer")
 
     def __init__(self, poller: SessionSockets, sock: socket.socket, peer: tuple[Any, ...],
-                 receive: Callable[[bytes], None]) -> None:
+                 receive: Callable[[bytes], None], answer: Callable[[tuple[Any, ...]], bool]) -> None:
         self.port: int | None = sock.getsockname()[1]
         self._sock = sock
         self._poller = poller
@@ -56,12 +57,14 @@ class SocketLink:
         # form: the session socket is IPv4.
         self._dest = peer if sock.family == socket.AF_INET6 else (self._host, self._cport)
         self._receive = receive
+        #: Whether a stranger at this address gets its ERROR 5.
+        self._answer = answer
         self._send = poller.sender.send
         poller.register(sock, self.datagramReceived)
 
     def datagramReceived(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if addr[1] != self._cport or addr[0] != self._host:
-            if packet.opcode_of(data) != packet.ERROR:
+            if packet.opcode_of(data) != packet.ERROR and self._answer(addr):
                 try:
                     self._sock.sendto(_UNKNOWN_TID, addr)
                 except OSError:

@@ -142,7 +142,7 @@ class _ServerCollector:
                ("requests_denied", "Requests ignored by the access rules."),
                ("requests_over_budget", "Requests dropped: their address has too many sessions that never answered."),
                ("packets_withheld", "Packets not sent: over the byte budget of an address that never answered."),
-               ("errors_suppressed", "ERROR replies on the listening port not sent (rate limit per address)."),
+               ("errors_suppressed", "ERROR replies not sent (rate limit per address)."),
                ("cache_hits", "Downloads served from the http: cache."),
                ("cache_fills", "Files fetched from the origin into the http: cache."),
                ("cache_uncached", "Downloads served from the origin, not cached: too large, no room, a write error."))

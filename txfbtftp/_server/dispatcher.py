@@ -195,6 +195,17 @@ class TFTPProtocol(DatagramProtocol):
         else:
             self.stats.increment_counter("errors_suppressed")
 
+    def _stranger(self, addr: tuple[Any, ...]) -> bool:
+        """A datagram at a session's port from someone else: logged, and
+        answered (ERROR 5) within the same budget as the listening port's
+        ERRORs."""
+        host = natural(addr[0])
+        self._log((host, addr[1]), "a datagram for another client's transfer")
+        if self._errors.take(host):
+            return True
+        self.stats.increment_counter("errors_suppressed")
+        return False
+
     def send_from(self, data: bytes, addr: tuple[Any, ...], local: Local) -> None:
         """Send from the listening port, from the address the client used."""
         transport = self.transport
@@ -218,7 +229,7 @@ class TFTPProtocol(DatagramProtocol):
     def _link(self, session: Session[Any], sock: socket.socket | None) -> Link:
         if sock is None:
             return ListenerLink(self.send_from, session.peer, session.local)
-        link = SocketLink(self.sockets, sock, session.peer, session.receive)
+        link = SocketLink(self.sockets, sock, session.peer, session.receive, self._stranger)
         if self.ports is not None and link.port is not None:
             self.ports.in_use.add(link.port)
         return link
