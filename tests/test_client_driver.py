@@ -312,3 +312,67 @@ def test_cancelling_after_the_exchange_ended_still_aborts_the_writer(reactor):
     reactor.advance(10)  # the dally is over: the port is closed, the write still pending
     d.cancel()
     assert outcome(d).check(CancelledError) and writer.aborted and not writer.committed
+
+
+@implementer(IWriter)
+class SlowWriter:
+    """Each write returns a Deferred the test fires."""
+
+    def __init__(self):
+        self.calls, self.data, self.committed = [], [], False
+
+    def write(self, data):
+        d = Deferred()
+        self.calls.append(d)
+        self.data.append(data)
+        return d
+
+    def commit(self):
+        self.committed = True
+
+    def abort(self):
+        pass
+
+
+def test_a_writer_that_falls_behind_stops_the_reading_until_it_catches_up(reactor, monkeypatch):
+    from txfbtftp.client import _files
+    monkeypatch.setattr(_files, "BACKLOG", 4 * 512)
+    writer = SlowWriter()
+    d = get(reactor, "127.0.0.1", "f", blksize=512, tsize=False, to=writer)
+    port = reactor.ports[0]
+    port.take()
+    blocks = [bytes([n]) * 512 for n in range(1, 6)]
+    for n, block in enumerate(blocks, 1):
+        port.protocol.datagramReceived(packet.data(n, block), TID)
+    # block 1 is being written; 2..5 wait in memory: a full backlog
+    assert not port.reading and [p for p, _ in port.take()] == [packet.ack(n) for n in range(1, 6)]
+    reactor.advance(30)  # the watchdog waits for the writer, the server is not pestered
+    assert port.take() == [] and outcome(d) is None
+    writer.calls[0].callback(None)
+    writer.calls[1].callback(None)
+    assert not port.reading  # 4 and 5 still wait: half the backlog
+    writer.calls[2].callback(None)
+    assert port.reading
+    reactor.advance(0)
+    assert [p for p, _ in port.take()] == [packet.ack(5)]  # the watchdog, overdue, asks again
+    port.protocol.datagramReceived(packet.data(6, b"end"), TID)
+    while not writer.calls[-1].called:
+        writer.calls[-1].callback(None)
+    result = outcome(d)
+    assert result.data is None and writer.data == blocks + [b"end"] and writer.committed
+
+
+def test_a_slow_writer_that_keeps_writing_is_given_the_patience_for_each_write(reactor):
+    writer = SlowWriter()
+    schedule = Schedule.parse("1,2")
+    d = get(reactor, "127.0.0.1", "f", blksize=512, tsize=False, to=writer, schedule=schedule)
+    port = reactor.ports[0]
+    for n in range(1, 5):
+        port.protocol.datagramReceived(packet.data(n, bytes([n]) * 512), TID)
+    port.protocol.datagramReceived(packet.data(5, b"end"), TID)
+    for _ in range(5):  # 2 s a write, 10 s in all: each within the 3 s patience
+        reactor.advance(2)
+        assert outcome(d) is None
+        writer.calls[-1].callback(None)
+    result = outcome(d)
+    assert result.data is None and len(writer.data) == 5 and writer.committed

@@ -86,7 +86,9 @@ class IBackend(Interface):
 
     ``get_reader`` may return the reader, a Deferred firing with it, or
     raise (or fail with) a :class:`~txfbtftp.TFTPError` subclass, which
-    becomes the ERROR the client sees.
+    becomes the ERROR the client sees.  A Deferred still waiting when the
+    watchdog's patience runs out is cancelled: its canceller should release
+    what it holds, as a result that comes after a cancel is dropped.
     """
 
     def get_reader(path: str, request: TransferRequest) -> MaybeDeferred[IReader]:

@@ -2,7 +2,8 @@
 
 :class:`TransferProtocol` does for a :class:`~txfbtftp._protocol.client.ClientTransfer`
 what a session does for the server's machines: it feeds in datagrams,
-deadlines and the answers of its reader or writer (:class:`FileSide`), and
+deadlines and the answers of its reader or writer
+(:class:`~txfbtftp.client._files.FileSide`), and
 sends each step's outbox in one batch.  It locks the server's transfer ID
 on the first answer from the server's address; a datagram from anywhere
 else gets ERROR 5 and changes nothing.  The result fires once every byte
@@ -16,11 +17,9 @@ import errno
 import ipaddress
 import socket
 import time
-from collections import deque
-from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
@@ -31,130 +30,12 @@ from txfbtftp._net.batch import BatchSender
 from txfbtftp._net.listener import set_receive_buffer
 from txfbtftp._protocol import errors, packet
 from txfbtftp._protocol.client import ClientTransfer
+from txfbtftp.client._files import FileSide, Progress
 from txfbtftp.client._result import ClientResult, record
-
-#: ``progress(bytes_so_far, total_or_None)``, called as blocks move.
-Progress = Callable[[int, "int | None"], object]
 
 _UNKNOWN_TID = packet.error(packet.ERR_UNKNOWN_TID, packet.MESSAGES[packet.ERR_UNKNOWN_TID])
 #: Room for a window of large blocks while the reactor is busy elsewhere.
 RECEIVE_BUFFER = 4 << 20
-
-
-class FileSide:
-    """The local end of a transfer: the writer a download fills, in order
-    (later blocks queue behind a pending write, as in the server's upload
-    sessions), or the reader an upload sends from (synchronously while the
-    reader is).  ``resume`` runs when a pending call settles (with the block
-    a pending read brought, to feed), ``failed`` when one fails."""
-
-    def __init__(self, transfer: ClientTransfer, reader: IReader | None, writer: IWriter | None,
-                 resume: Callable[[bytes | None], None], failed: Callable[[Failure], None],
-                 progress: Progress | None) -> None:
-        self.transfer = transfer
-        self.reader = reader
-        self.writer = writer
-        self.pending: Deferred[Any] | None = None
-        self.released = False
-        self._queue: deque[bytes] = deque()
-        self._resume = resume
-        self._failed = failed
-        self._progress = progress
-
-    @property
-    def busy(self) -> bool:
-        return self.pending is not None or bool(self._queue)
-
-    def store(self, payload: bytes) -> None:
-        if self.pending is not None:
-            self._queue.append(payload)
-            return
-        assert self.writer is not None
-        try:
-            result = self.writer.write(payload)
-        except Exception:
-            self._failed(Failure())
-            return
-        if isinstance(result, Deferred):
-            self.pending = result
-            result.addCallbacks(self._written, self._failed_late)
-        if self._progress is not None:
-            self.report()
-
-    def _written(self, _: object) -> None:
-        self.pending = None
-        while self._queue and self.pending is None and not self.released:
-            self.store(self._queue.popleft())
-        if self.pending is None and not self.released:
-            self._resume(None)
-
-    def pump(self, now: float, out: list[bytes]) -> None:
-        """Fill an upload's window."""
-        t, m, reader = self.transfer, self.transfer.machine, self.reader
-        if m is None or reader is None or self.pending is not None:
-            return
-        try:
-            while t.wants > 0:
-                data = reader.read(m.blksize)
-                if isinstance(data, Deferred):
-                    got = self._settle(data)
-                    if got is None:
-                        return  # _read_done continues
-                    if isinstance(got, Failure):
-                        self._failed(got)
-                        return
-                    data = got
-                t.feed(bytes(data), now, out)
-                self.report()
-        except Exception:
-            self._failed(Failure())
-
-    def _settle(self, d: Deferred[bytes]) -> bytes | Failure | None:
-        """What ``d`` fired with, if it has (taken here, not in a callback: no
-        recursion); else None, and :meth:`_read_done` follows."""
-        box: list[bytes | Failure] = []
-        d.addBoth(box.append)
-        if box:
-            return box[0]
-        self.pending = d
-        d.addCallback(lambda _: self._read_done(box[0]))
-        return None
-
-    def _read_done(self, data: bytes | Failure) -> None:
-        self.pending = None
-        if self.released:
-            return
-        if isinstance(data, Failure):
-            self._failed(data)
-            return
-        self._resume(bytes(data))
-
-    def _failed_late(self, failure: Failure) -> None:
-        self.pending = None
-        self._failed(failure)
-
-    def report(self) -> None:
-        m = self.transfer.machine
-        if self._progress is not None and m is not None:
-            self._progress(m.bytes, self.transfer.tsize)
-
-    def commit(self) -> Deferred[Any]:
-        """Every byte moved: close the reader, commit the writer."""
-        self.released = True
-        if self.reader is not None:
-            self.reader.close()
-        return maybeDeferred(self.writer.commit) if self.writer is not None else succeed(None)
-
-    def release(self) -> None:
-        """The transfer failed: close the reader, abort the writer."""
-        if self.released:
-            return
-        self.released = True
-        self._queue.clear()
-        if self.reader is not None:
-            self.reader.close()
-        if self.writer is not None:
-            self.writer.abort()
 
 
 @implementer(IPushProducer)
@@ -163,7 +44,9 @@ class TransferProtocol(DatagramProtocol):
 
     A download writes into ``writer``, an upload reads from ``reader``.
     Cancelling ``done`` sends the server an ERROR and closes the port.  As
-    a consumer's producer, pausing stops reading the socket.
+    a consumer's producer, pausing stops reading the socket; so does a
+    writer that falls behind (:data:`~txfbtftp.client._files.BACKLOG`), and then the watchdog
+    waits too: the local write is bounded by the schedule's patience.
     """
 
     noisy = False
@@ -174,7 +57,8 @@ class TransferProtocol(DatagramProtocol):
         self.transfer = transfer
         self.server = server
         self.done: Deferred[ClientResult] = Deferred(self._cancel)
-        self.files = FileSide(transfer, reader, writer, self._resume, self._local_failure, progress)
+        self.files = FileSide(clock, transfer, reader, writer, self._resume, self._local_failure, progress,
+                              self._hold)
         self._clock = clock
         self._server_ip = ipaddress.ip_address(server[0])
         self._out: list[bytes] = []
@@ -183,15 +67,13 @@ class TransferProtocol(DatagramProtocol):
         self._batch = BatchSender()
         self._timer: IDelayedCall | None = None
         self._timer_at = 0.0
-        #: Fails the transfer when a local read or write stays pending longer
-        #: than the whole schedule's patience.
-        self._stall: IDelayedCall | None = None
         self._us: Address = ("", 0)
         self._started_at = 0.0
         self._ended: tuple[float, float] | None = None   # wall clock, reactor clock
         self._settled = False     # done has fired, or is about to
         self._closed = False
         self._paused = False
+        self._reads = True
 
     # -- the port ---------------------------------------------------------------------
     def startProtocol(self) -> None:
@@ -255,8 +137,6 @@ class TransferProtocol(DatagramProtocol):
         if out:
             self._send(out, self._peer or self.server)
             out.clear()
-        if self.files.pending is not None and self._stall is None and not self._settled:
-            self._stall = self._clock.callLater(self.transfer.schedule.total, self._stalled)
         if t.outcome is None:  # neither complete nor finished: the usual case
             self._arm(now)
             return
@@ -274,7 +154,6 @@ class TransferProtocol(DatagramProtocol):
 
     def _resume(self, fed: bytes | None) -> None:
         """A pending read or write settled."""
-        self._unstall()
         now = self._clock.seconds()
         if fed is not None:
             self.transfer.feed(fed, now, self._out)
@@ -297,8 +176,8 @@ class TransferProtocol(DatagramProtocol):
 
     def _time_passed(self) -> None:
         self._timer = None
-        if self._closed:
-            return
+        if self._closed or self.files.held:
+            return  # held: the writer's catching up re-arms
         now = self._clock.seconds()
         deadline = self.transfer.deadline
         if deadline is not None and now + 1e-9 >= deadline:
@@ -346,18 +225,6 @@ class TransferProtocol(DatagramProtocol):
         self._fail(failure)
         self._step(self._clock.seconds())
 
-    def _stalled(self) -> None:
-        self._stall = None
-        if self.files.pending is not None and not self._settled:
-            what = "read" if self.transfer.write else "write"
-            self._local_failure(Failure(errors.TFTPError("The local %s did not finish in %gs"
-                                                         % (what, self.transfer.schedule.total))))
-
-    def _unstall(self) -> None:
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
-
     def _cancel(self, _: Deferred[ClientResult]) -> None:
         """``done`` was cancelled (Twisted then fails it with CancelledError)."""
         if self._closed:
@@ -379,22 +246,36 @@ class TransferProtocol(DatagramProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        if self._settled:
-            self._unstall()
         self._sock = None
         if self.transport is not None:
             cast(Any, self.transport).stopListening()
 
-    # -- IPushProducer: a consumer's back pressure ------------------------------------------
+    # -- back pressure: a consumer's (IPushProducer), or the writer's ---------------------------
     def pauseProducing(self) -> None:
-        if not self._closed and not self._paused:
-            self._paused = True
-            cast(Any, self.transport).stopReading()
+        self._paused = True
+        self._reading()
 
     def resumeProducing(self) -> None:
-        if not self._closed and self._paused:
-            self._paused = False
-            cast(Any, self.transport).startReading()
+        self._paused = False
+        self._reading()
+
+    def _hold(self, held: bool) -> None:
+        self._reading()
+        if not held and not self._closed:
+            self._step(self._clock.seconds())
+
+    def _reading(self) -> None:
+        """Read the socket unless a consumer paused us or the writer is behind."""
+        if self._closed:
+            return
+        read = not (self._paused or self.files.held)
+        if read != self._reads:
+            self._reads = read
+            port = cast(Any, self.transport)
+            if read:
+                port.startReading()
+            else:
+                port.stopReading()
 
     def stopProducing(self) -> None:
         if not self._closed:
