@@ -31,6 +31,8 @@ class File:
     no_length: bool = False
     #: Answer ``Range: bytes=N-`` with 206 (when ``If-Range``, if any, matches).
     ranges: bool = True
+    #: Answer ``Range`` with 206 whatever ``If-Range`` says (as some servers do).
+    ignores_if_range: bool = False
     #: Sent as ``Location`` (with a 3xx ``status``).
     location: str | None = None
     #: Sent as ``Content-Encoding``: the body is sent as it is, already encoded.
@@ -173,7 +175,7 @@ def _range_start(request, spec: File):
         return None
     if_range = request.getHeader(b"if-range")
     current = {v.encode() for v in (spec.etag, spec.last_modified) if v is not None}
-    if if_range is not None and if_range not in current:
+    if if_range is not None and if_range not in current and not spec.ignores_if_range:
         return None  # changed since: the whole file
     return int(match.group(1))
 

@@ -487,7 +487,7 @@ def test_a_file_that_changes_on_the_origin_is_never_spliced(cache, origin, tmp_p
 @pytest_twisted.inlineCallbacks
 def test_a_body_of_unknown_length_outgrowing_the_cache_is_streamed(cache, origin, cache_dir):
     body = _body(24, 600_000)
-    origin.add("stream", body, no_length=True, chunk=20_000, delay=0.001)
+    origin.add("stream", body, no_length=True, chunk=20_000, delay=0.001, etag='"s1"')
     backend = cache(max_size=100_000)
     largest = []
     sampler = LoopingCall(lambda: largest.append(
@@ -502,14 +502,27 @@ def test_a_body_of_unknown_length_outgrowing_the_cache_is_streamed(cache, origin
     assert os.listdir(cache_dir / "tmp") == [] and _stored(cache_dir) == []
 
 
-def _dead_fill(backend, name, body, written, reserve=None):
+@pytest_twisted.inlineCallbacks
+def test_without_validators_a_body_outgrowing_the_cache_fails_rather_than_be_spliced(cache, origin):
+    """Past byte 0, only an ETag or a Last-Modified could tell whether the
+    origin's file is still the one the reader began: without either, a
+    reader the cache cannot keep fails (the client asks again) instead of
+    going on from a file that may have changed meanwhile."""
+    origin.add("stream", _body(32, 600_000), no_length=True, chunk=20_000, delay=0.001)
+    backend = cache(max_size=100_000)
+    with pytest.raises(errors.TFTPError):
+        yield _get(backend, "stream")
+    assert [s.range for s in origin.seen] == [None]  # no blind Range request
+
+
+def _dead_fill(backend, name, body, written, reserve=None, etag='"d1"'):
     """The fill a process killed mid-way leaves: claimed, answered, ``written``
     bytes of ``body`` in its file, never committed (closing the file drops
     its lock, as the kernel does for a dead process)."""
     key = backend.origin.key(name)
     claim = backend.store.claim(key, entry_name(key), backend.fresh)
     size = reserve or len(body)
-    assert backend.store.reserve(entry_name(key), claim.part, size, len(body), '"d1"', None) == size
+    assert backend.store.reserve(entry_name(key), claim.part, size, len(body), etag, None) == size
     os.write(claim.fd, body[:written])
     os.close(claim.fd)
     return claim.part
@@ -532,6 +545,21 @@ def test_a_fill_written_whole_by_a_filler_that_died_is_committed(cache, origin, 
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_dead_fill_without_validators_is_fetched_again_whole_not_resumed(cache, origin, cache_dir):
+    """Nothing says the origin's file is still the one the dead filler began
+    (same size, no ETag, no Last-Modified): its bytes are dropped, the file
+    comes whole from the origin, and the next request caches it afresh."""
+    old, new = _body(33, 300_000), _body(34, 300_000)
+    origin.add("script", new)
+    part = _dead_fill(cache(), "script", old, 100_000, etag=None)
+    second = cache()
+    assert (yield _get(second, "script")) == new
+    assert [s.range for s in origin.seen] == [b"bytes=0-"] and not (cache_dir / part).exists()
+    assert (yield _get(second, "script")) == new
+    assert [s.range for s in origin.seen] == [b"bytes=0-", None] and list(_index(cache_dir)) == ["script"]
+
+
+@pytest_twisted.inlineCallbacks
 def test_a_fill_whose_filler_died_gives_its_room_back(cache, origin, cache_dir):
     """A worker killed mid-fill leaves a record holding room; a fill of any
     other file that needs that room reclaims it."""
@@ -545,6 +573,31 @@ def test_a_fill_whose_filler_died_gives_its_room_back(cache, origin, cache_dir):
     assert json.loads((cache_dir / "index.json").read_text())["fills"] == {}
     assert (yield _get(backend, "big")) == big  # fetched afresh, whole
     assert [s.range for s in origin.requests_for("big")] == [None]
+
+
+@pytest_twisted.inlineCallbacks
+def test_readers_following_a_fill_go_to_the_origin_when_its_takeover_cannot_keep_it(cache, origin):
+    """A filler died after the origin's answer, before its first byte; the
+    process that takes its fill over cannot set room aside (the index cannot
+    be written): the readers that were following the fill go on from the
+    origin instead of waiting for bytes that will never come."""
+    import errno
+    body = _body(31, 300_000)
+    origin.add("initrd", body, etag='"d1"')
+    filler = cache()
+    key = filler.origin.key("initrd")
+    claim = filler.store.claim(key, entry_name(key), filler.fresh)
+    assert filler.store.reserve(entry_name(key), claim.part, len(body), len(body), '"d1"', None) == len(body)
+    follower = cache()
+    reader = yield follower.get_reader("initrd", None)
+    read = slurp(reader)  # waits for the filler's bytes
+
+    def no_room(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    follower.store.reserve = no_room
+    os.close(claim.fd)  # the filler dies
+    assert (yield read.addTimeout(5, reactor)) == body
+    assert [s.if_range for s in origin.requests_for("initrd") if s.range] == [b'"d1"']
 
 
 @pytest_twisted.inlineCallbacks

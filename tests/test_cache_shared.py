@@ -84,7 +84,7 @@ def _fill_on_the_worker(server, origin, data):
     main, (worker,) = processes(server)
     for attempt in range(12):
         name, gate = "initrd%d" % attempt, Deferred()
-        origin.add(name, data, gate=gate, gate_after=1 << 20, chunk=65536)
+        origin.add(name, data, gate=gate, gate_after=1 << 20, chunk=65536, etag='"%s"' % name)
         first = fetch(server, name, attempts=3)
         yield settle(lambda name=name: origin.sent.get("/boot/" + name, 0) >= 1 << 20, what="the fill under way")
         (seen,) = origin.requests_for(name)
@@ -185,7 +185,7 @@ def test_a_disk_that_fills_up_never_fails_a_client(servers, origin, tmpfs):
     origin.add("big.iso", big, chunk=65536)
     grows = body(5, 3 << 20)
     gate = Deferred()
-    origin.add("grows.img", grows, gate=gate, gate_after=512 * 1024, chunk=65536)
+    origin.add("grows.img", grows, gate=gate, gate_after=512 * 1024, chunk=65536, etag='"grows"')
     server = serve(servers, origin, disk.path, workers=2, extra=["--cache-size", "64M"])
     # Larger than the disk: every client streams from the origin, nothing is written.
     largest = []

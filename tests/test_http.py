@@ -287,8 +287,35 @@ def test_fetch_range_at_the_end_of_a_file_of_known_length(http, origin):
 
 @pytest_twisted.inlineCallbacks
 def test_fetch_range_past_the_end_of_a_file_of_unknown_length(http, origin):
-    origin.add("c", b"abc" * 100, no_length=True)
-    response = yield http().fetch_range("c", 300, None)
+    origin.add("c", b"abc" * 100, no_length=True, etag='"c1"')
+    response = yield http().fetch_range("c", 300, None, '"c1"')
     assert response.status == 416 and response.body is None
     with pytest.raises(errors.FileNotFound):
-        yield http().fetch_range("gone", 10, None)
+        yield http().fetch_range("gone", 10, None, '"g1"')
+
+
+@pytest_twisted.inlineCallbacks
+def test_fetch_range_past_byte_0_without_validators_is_refused_unasked(http, origin):
+    origin.add("c", b"abc" * 100)
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("c", 10, 300)
+    assert origin.seen == []
+    response = yield http().fetch_range("c", 0, 300)  # from the start: nothing to splice
+    assert response.status in (200, 206)
+    response.body.close()
+
+
+@pytest.mark.parametrize("now, recorded", [
+    ({}, {"etag": '"old"'}),
+    ({"etag": '"new"'}, {"etag": '"old"'}),
+    ({"last_modified": "Sun, 06 Dec 2026 10:00:00 GMT"}, {"last_modified": "Sat, 05 Dec 2026 10:00:00 GMT"}),
+    ({}, {"last_modified": "Sat, 05 Dec 2026 10:00:00 GMT"}),
+], ids=["etag-gone", "etag-changed", "date-changed", "date-gone"])
+@pytest_twisted.inlineCallbacks
+def test_a_part_without_the_recorded_validators_is_refused(http, origin, now, recorded):
+    """An origin that ignores If-Range sends the part of whatever file it has
+    now: the part must carry the ETag (or Last-Modified) recorded."""
+    origin.add("c", b"abc" * 100, ignores_if_range=True, **now)
+    with pytest.raises(errors.TFTPError):
+        yield http().fetch_range("c", 10, 300, **recorded)
+    assert [s.range for s in origin.seen] == [b"bytes=10-"]

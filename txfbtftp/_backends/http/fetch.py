@@ -15,7 +15,9 @@ complete body is committed; the flight lands once it is in the index.
 A fill taken over from a process that died goes on from the bytes already
 in the file, with a Range request (none if the file already holds its whole
 ``Content-Length``); its SHA-256 is then computed from the file when it is
-committed.
+committed.  Without an ETag or Last-Modified to ask it with, the bytes are
+dropped and the file streamed whole: nothing would say they are still the
+origin's.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from txfbtftp._backends.http.iorigin import IBody, OriginResponse
+from txfbtftp._backends.http.iorigin import IBody, OriginResponse, resumable
 from txfbtftp._backends.http.store import Claim
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
@@ -66,6 +68,9 @@ class Fetch:
             self._read_along()  # the dead filler wrote it all: nothing to ask the origin
             self._finish()
             return
+        if rec.answered and self.written and not resumable(rec.etag, rec.last_modified):
+            self._cannot_go_on()
+            return
         if rec.answered and self.written:
             d = maybeDeferred(origin.fetch_range, f.path, self.written, rec.length, rec.etag, rec.last_modified)
         elif f.stale is not None:
@@ -73,6 +78,16 @@ class Fetch:
         else:
             d = maybeDeferred(origin.fetch, f.path)
         d.addCallbacks(self._answered, self._refused).addErrback(self._crashed)
+
+    def _cannot_go_on(self) -> None:
+        """Nothing says the origin's file is still the one the dead filler
+        began: its bytes are dropped, and the file is streamed whole from the
+        origin (the next request fills the cache afresh)."""
+        f = self.flight
+        self.done = True
+        self.store.give_up(f.name, self.part)
+        self._release()
+        f.direct(None, f.source(self.record.length, None, None), "no validator to go on with")
 
     def poke(self) -> None:
         pass

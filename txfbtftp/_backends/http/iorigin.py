@@ -65,6 +65,15 @@ class IOrigin(Interface):
                     last_modified: str | None = None) -> Deferred[OriginResponse]:
         """The rest of ``path`` from byte ``offset`` on (its body starts there),
         provided the file is still the one ``size`` and the validators
-        describe; a plain TFTPError (logged) if it has changed.  416 with no
+        describe; a plain TFTPError (logged) if it has changed, or, past byte
+        0, if no validator can tell (see :func:`resumable`).  416 with no
         body when there is nothing more: the file ends at ``offset`` (or, its
         size unknown, the origin says only that it ends before)."""
+
+
+def resumable(etag: str | None, last_modified: str | None) -> bool:
+    """Whether a download of the file these validators describe may go on
+    from the middle.  Without either, nothing says the origin's file is
+    still that one: a file changed to another of the same size would be
+    spliced from the two."""
+    return etag is not None or last_modified is not None

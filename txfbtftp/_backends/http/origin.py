@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from hyperlink import EncodedURL
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
@@ -30,7 +30,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from txfbtftp._backends.http.body import BodyStream, Discard, causes, reason
-from txfbtftp._backends.http.iorigin import IOrigin, OriginResponse
+from txfbtftp._backends.http.iorigin import IOrigin, OriginResponse, resumable
 from txfbtftp._interfaces import ILifecycle
 from txfbtftp._observe.logs import log
 from txfbtftp._protocol import errors
@@ -143,6 +143,10 @@ class HTTPOrigin:
         refused).  An origin without ranges answers 200: its body's first
         ``offset`` bytes are dropped as they arrive."""
         url = self.url(path)
+        if offset and not resumable(etag, last_modified):
+            log.warn("{url}: cannot go on from byte {n}: the origin gave no ETag or Last-Modified to ask with",
+                     url=url, n=offset)
+            return fail(errors.TFTPError())
         headers = Headers({b"Range": [b"bytes=%d-" % offset]})
         if etag is not None and not etag.startswith("W/"):  # If-Range takes strong validators only
             headers.setRawHeaders(b"If-Range", [etag.encode("latin-1")])
@@ -193,9 +197,11 @@ class HTTPOrigin:
         length = None if response.length is UNKNOWN_LENGTH else int(response.length)
         if code == 206:
             match = _CONTENT_RANGE.match(_header(response, b"content-range") or "")
+            # An origin may ignore If-Range: the part must carry the validators recorded.
             same = (match is not None and int(match.group(1)) == offset
                     and (size is None or match.group(3) in ("*", str(size)))
-                    and (etag is None or their_etag is None or _weak(their_etag) == _weak(etag)))
+                    and (their_etag is not None and _weak(their_etag) == _weak(etag) if etag is not None
+                         else last_modified is None or their_modified == last_modified))
             skip = 0
         elif code == 200:
             same = (size is None or length in (None, size)) and (
