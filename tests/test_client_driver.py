@@ -376,3 +376,35 @@ def test_a_slow_writer_that_keeps_writing_is_given_the_patience_for_each_write(r
         writer.calls[-1].callback(None)
     result = outcome(d)
     assert result.data is None and len(writer.data) == 5 and writer.committed
+
+
+@implementer(IWriter)
+class MostlyQuickWriter:
+    """Its first write is slow (a Deferred the test fires), every other one
+    answers with a Deferred that has already fired."""
+
+    def __init__(self):
+        from twisted.internet.defer import succeed
+        self.succeed, self.slow, self.data, self.committed = succeed, Deferred(), [], False
+
+    def write(self, data):
+        self.data.append(data)
+        return self.slow if len(self.data) == 1 else self.succeed(None)
+
+    def commit(self):
+        self.committed = True
+
+    def abort(self):
+        pass
+
+
+def test_a_long_queue_behind_one_slow_write_drains_without_recursion(reactor):
+    writer = MostlyQuickWriter()
+    d = get(reactor, "127.0.0.1", "f", blksize=512, tsize=False, to=writer)
+    port = reactor.ports[0]
+    for n in range(1, 1501):
+        port.protocol.datagramReceived(packet.data(n, n.to_bytes(2, "big") * 256), TID)
+    port.protocol.datagramReceived(packet.data(1501, b"end"), TID)
+    writer.slow.callback(None)
+    result = outcome(d)
+    assert result.data is None and len(writer.data) == 1501 and writer.committed

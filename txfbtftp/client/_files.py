@@ -75,13 +75,25 @@ class FileSide:
             self._failed(Failure())
             return
         if isinstance(result, Deferred):
-            self._wait(result)
-            result.addCallbacks(self._written, self._failed_late)
+            # One that has fired already is taken here, not in a callback: a
+            # queue of them drains in the loop below, not in a recursion.
+            box: list[object] = []
+            result.addBoth(box.append)
+            if not box:
+                self._wait(result)
+                result.addCallback(lambda _: self._written(box[0]))
+            elif isinstance(box[0], Failure):
+                self._failed(box[0])
+                return
         if self._progress is not None:
             self.report()
 
-    def _written(self, _: object) -> None:
+    def _written(self, outcome: object) -> None:
+        """A pending write settled with ``outcome``: write what waits behind it."""
         self._done()
+        if isinstance(outcome, Failure):
+            self._failed(outcome)
+            return
         while self._queue and self.pending is None and not self.released:
             payload = self._queue.popleft()
             self._queued -= len(payload)
@@ -134,10 +146,6 @@ class FileSide:
             self._failed(data)
             return
         self._resume(bytes(data))
-
-    def _failed_late(self, failure: Failure) -> None:
-        self._done()
-        self._failed(failure)
 
     def _wait(self, d: Deferred[Any]) -> None:
         """``d`` is pending: it has the schedule's patience to settle."""
