@@ -380,52 +380,66 @@ def test_a_lane_step_that_fails_is_logged_and_the_poller_goes_on(root):
 
 @pytest.fixture
 def parked():
-    """An epoll holding one session-like socket, a pipe standing in for the
-    reactor's descriptors, and a client socket."""
-    ep = select.epoll()
+    """A session-like socket in the poller's epoll, which sits in a
+    reactor-like epoll beside a pipe (the reactor's other descriptors), and
+    a client socket."""
+    ep, reactor = select.epoll(), select.epoll()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
     ep.register(sock.fileno(), select.EPOLLIN)
     r, w = os.pipe()
+    reactor.register(ep.fileno(), select.EPOLLIN)
+    reactor.register(r, select.EPOLLIN)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    yield ep, sock, r, w, client
-    for closing in (ep, sock, client):
+    yield ep, sock, reactor, w, client
+    for closing in (reactor, ep, sock, client):
         closing.close()
     os.close(r)
     os.close(w)
 
 
-def _park(ep, r, timeout):
+def _park(ep, reactor, timeout):
     from txfbtftp import _speedups
     start = time.monotonic()
-    result = _speedups.park(ep.fileno(), r, {}, lambda exc, _: None, timeout)
+    result = _speedups.park(ep.fileno(), reactor.fileno(), {}, lambda exc, _: None, timeout)
     return result, time.monotonic() - start
+
+
+def _nested_as_before(ep, reactor, sock, client):
+    """The poller's epoll is back among the reactor's readers, and the
+    reactor's is out of the poller's."""
+    client.sendto(b"x", sock.getsockname())
+    assert reactor.poll(2) == [(ep.fileno(), select.EPOLLIN)]
+    assert ep.poll(0) == [(sock.fileno(), select.EPOLLIN)]
+    sock.recv(10)
 
 
 @compiled
 def test_a_park_hands_a_datagram_without_a_lane_back_to_python(parked):
-    ep, sock, r, _, client = parked
+    ep, sock, reactor, _, client = parked
     client.sendto(b"ack", sock.getsockname())
-    (rest, later, served), took = _park(ep, r, 5.0)
+    (rest, later, served), took = _park(ep, reactor, 5.0)
     assert rest == [(sock.fileno(), select.EPOLLIN)] and later == [] and served == 0
     assert took < 2.5
     assert sock.recv(10) == b"ack"  # read by Python, not by the park
+    _nested_as_before(ep, reactor, sock, client)
 
 
 @compiled
 def test_a_park_ends_when_its_time_is_up(parked):
-    ep, _, r, _, _ = parked
-    (rest, later, served), took = _park(ep, r, 0.05)
+    ep, sock, reactor, _, client = parked
+    (rest, later, served), took = _park(ep, reactor, 0.05)
     assert (rest, later, served) == ([], [], 0)
     assert 0.05 <= took < 2.5
+    _nested_as_before(ep, reactor, sock, client)
 
 
 @compiled
 def test_a_park_ends_as_soon_as_the_reactor_has_work(parked):
-    ep, _, r, w, _ = parked
+    ep, _, reactor, w, _ = parked
     os.write(w, b"x")
-    (rest, later, served), took = _park(ep, r, 5.0)
+    (rest, later, served), took = _park(ep, reactor, 5.0)
     assert (rest, later, served) == ([], [], 0) and took < 2.5
 
 
@@ -434,16 +448,47 @@ def test_a_park_lets_other_threads_run(parked):
     """The reactor's threads (file hashing, syncs) run while the poller
     sleeps: here one of them is what ends the sleep."""
     import threading
-    ep, _, r, w, _ = parked
+    ep, _, reactor, w, _ = parked
 
     def later():
         time.sleep(0.05)
         os.write(w, b"x")  # needs the GIL
     thread = threading.Thread(target=later)
     thread.start()
-    (rest, later_calls, served), took = _park(ep, r, 10.0)
+    (rest, later_calls, served), took = _park(ep, reactor, 10.0)
     thread.join()
     assert (rest, later_calls, served) == ([], [], 0) and took < 5.0
+
+
+@compiled
+def test_a_signal_ends_a_park_and_its_handler_runs(parked):
+    import signal
+    import threading
+    ep, sock, reactor, _, client = parked
+    seen = []
+    main = threading.get_ident()
+    old = signal.signal(signal.SIGUSR1, lambda *_: seen.append(time.monotonic()))
+    timer = threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1))
+    try:
+        timer.start()
+        (rest, later, served), took = _park(ep, reactor, 10.0)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert (rest, later, served) == ([], [], 0) and took < 5.0
+    assert len(seen) == 1
+    _nested_as_before(ep, reactor, sock, client)
+
+
+@compiled
+def test_a_park_that_cannot_turn_the_reactors_epoll_changes_nothing(parked):
+    from txfbtftp import _speedups
+    ep, sock, reactor, _, client = parked
+    stranger = select.epoll()  # does not hold the poller's epoll
+    with pytest.raises(OSError):
+        _speedups.park(ep.fileno(), stranger.fileno(), {}, lambda exc, _: None, 1.0)
+    stranger.close()
+    _nested_as_before(ep, reactor, sock, client)
 
 
 @compiled
@@ -482,9 +527,9 @@ def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, s
 
 @compiled
 @pytest.mark.parametrize("reactor_busy", [False, True], ids=["reactor-idle", "reactor-busy"])
-def test_busy_lanes_let_the_reactor_in_every_batch(root, reactor_busy):
-    """A parked poller keeps serving lanes that stay busy, but looks every
-    BATCH datagrams whether the reactor has something else ready."""
+def test_busy_lanes_let_the_reactor_in_at_once(root, reactor_busy):
+    """A parked poller keeps serving lanes that stay busy, but not once the
+    reactor has something else ready: that comes in the same wake-up."""
     from txfbtftp import _speedups
     (root / "big.bin").write_bytes(os.urandom(400 * 512))
     twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
@@ -504,10 +549,52 @@ def test_busy_lanes_let_the_reactor_in_every_batch(root, reactor_busy):
         rest, later, served = _speedups.park(twin.sockets.fileno(), reactor.fileno(), twin.sockets._lanes,
                                              lambda exc, _: None, 0.5)
         assert rest == [] and later == []
-        assert served == (poller.BATCH if reactor_busy else 200)
+        assert served <= 1 if reactor_busy else served == 200
         assert twin.session.machine._acked == 2 + served
     finally:
         twin.close()
         reactor.close()
         os.close(r)
         os.close(w)
+
+
+class _EpollReactor(_Reactor):
+    """The parts of Twisted's epoll reactor a parking poller looks at."""
+
+    def __init__(self, next_timer):
+        self._poller = select.epoll()
+        self._stopped = False
+        self.next_timer = next_timer
+
+    def addReader(self, reader):
+        self._poller.register(reader.fileno(), select.EPOLLIN)
+
+    def timeout(self):
+        return self.next_timer
+
+
+@compiled
+@pytest.mark.parametrize("stopped, next_timer, parks, least, most", [
+    (False, None, 1, poller.PARK, 1.0),     # nothing due: as long as a park may last
+    (False, 0.03, 1, 0.03, poller.PARK),    # until the reactor's next timer
+    (True, None, 0, 0.0, poller.PARK),      # reactor.stop() was called: back to it at once
+], ids=["idle", "timer", "stopping"])
+def test_a_parked_poller_sleeps_no_longer_than_the_reactor_may_wait(stopped, next_timer, parks, least, most):
+    reactor = _EpollReactor(next_timer)
+    sockets = SessionSockets(reactor, busy_poll=0)
+    sock = sockets.bind(socket.AF_INET, "127.0.0.1", [0])
+    sockets.register(sock, lambda data, addr: None)
+    sockets._lanes[sock.fileno()] = object()  # a download under way: parking is worth it
+    calls = []
+    real = sockets._park
+    sockets._park = lambda *args: calls.append(args) or real(*args)
+    reactor._stopped = stopped
+    try:
+        start = time.monotonic()
+        sockets.doRead()
+        took = time.monotonic() - start
+    finally:
+        sockets._lanes.clear()
+        sockets.shutdown()
+        reactor._poller.close()
+    assert len(calls) == parks and least <= took < most

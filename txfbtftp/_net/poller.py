@@ -21,8 +21,9 @@ socket may also have a *lane* (:mod:`txfbtftp._speedups`): the compiled twin
 of its DATA hot path, which serves a whole-window ACK without running
 Python and hands everything else back to the session's own handler.  Under
 the epoll reactor, a poller whose spin ran out then *parks* instead of
-going back to the reactor: it sleeps in the compiled module on its own epoll
-and the reactor's together, serving the lanes' ACKs as they come, until
+going back to the reactor: it sleeps in the compiled module on its own epoll,
+with the reactor's moved inside it meanwhile (:func:`txfbtftp._speedups.park`),
+serving the lanes' ACKs as they come, until
 Python has work (a datagram without a lane, a timer to re-arm, the
 reactor's next timer, any of the reactor's own descriptors ready, a
 signal).  A lock-step client then costs one wake-up of a few system calls a
@@ -64,8 +65,9 @@ Handler = Callable[[bytes, tuple[Any, ...]], None]
 #: allocate room for 1023, which costs more than the system call on an idle
 #: spin.)
 BATCH = 64
-#: The longest sleep between datagrams outside the reactor, in seconds.
-PARK = 1.0
+#: The longest sleep between datagrams outside the reactor, in seconds (a
+#: ``reactor.iterate()`` may take that long while downloads run).
+PARK = 0.1
 
 
 class Spin:
@@ -135,7 +137,7 @@ class SessionSockets:
         self._park: Callable[..., tuple[Any, Any, int]] | None = None
         if _speedups is not None and isinstance(poller, select.epoll) and callable(timeout):
             self._park = _speedups.park
-            self._reactor_fd = poller.fileno()
+            self._reactor_ep = poller
             self._timeout: Callable[[], float | None] = timeout
         reactor.addReader(self)
 
@@ -228,7 +230,7 @@ class SessionSockets:
                 now = clock()
                 if now - last >= idle:
                     spin.idle(last)
-                    if park is None or not self._park_here(park):
+                    if park is None or not self._lanes or not self._park_here(park):
                         return
                     last = now = clock()
                     spin.woke(now)
@@ -241,10 +243,22 @@ class SessionSockets:
         """Sleep until the next datagram, serving the lanes' meanwhile,
         instead of going back to the reactor for it; whether Python had
         datagrams to serve (else the reactor has work, or a timer is due)."""
+        if getattr(self.reactor, "_stopped", False):
+            return False  # stop() was called meanwhile: the reactor must get on with it
         timeout = self._timeout()
         try:
-            rest, later, served = park(self._ep.fileno(), self._reactor_fd, self._lanes, _lane_failed,
+            rest, later, served = park(self._ep.fileno(), self._reactor_ep.fileno(), self._lanes, _lane_failed,
                                        PARK if timeout is None else min(timeout, PARK))
+        except OSError:
+            # The reactor's epoll could not be changed (or changed back):
+            # no more parking, and the poller back among its readers.
+            log.failure("the session poller cannot park; it no longer will")
+            self._park = None
+            try:
+                self._reactor_ep.register(self._ep.fileno(), select.EPOLLIN)
+            except FileExistsError:
+                pass
+            return False
         except Exception:
             log.failure("error in the compiled lanes")
             return False
