@@ -115,6 +115,7 @@ def test_a_restarted_worker_serves_the_remap_rules_of_the_last_reload(servers, r
             assert c.download("alias") == b"two", "from 127.0.0.%d" % i
         finally:
             c.close()
+    s.wait_for("RRQ 'alias'", count=16)  # a worker's lines reach the main process's log a little later
     assert any("worker 1:" in line and "RRQ 'alias'" in line for line in s.lines[served:]), s.log
 
 

@@ -54,9 +54,7 @@ class Fetch:
         answered = claim.fill.answered
         self.written = os.fstat(claim.fd).st_size if answered else 0
         self.reserved = (claim.fill.size or 0) if answered else 0
-        self.length = claim.fill.length
-        self.etag = claim.fill.etag
-        self.last_modified = claim.fill.last_modified
+        self.length, self.etag, self.last_modified = claim.fill.length, claim.fill.etag, claim.fill.last_modified
         self.done = False
         self._hash = hashlib.sha256() if self.written == 0 else None
         self._body: IBody | None = None
@@ -64,30 +62,23 @@ class Fetch:
     def start(self) -> None:
         f, rec = self.flight, self.record
         origin = f.cache.origin
-        if rec.answered and self.written and self.written == rec.length:
-            self._read_along()  # the dead filler wrote it all: nothing to ask the origin
-            self._finish()
-            return
-        if rec.answered and self.written and not resumable(rec.etag, rec.last_modified):
-            self._cannot_go_on()
-            return
-        if rec.answered and self.written:
+        if rec.answered and self.written:  # taken over from a filler that died
+            if self.written == rec.length:
+                self._read_along()  # it wrote it all: nothing to ask the origin
+                self._finish()
+                return
+            if not resumable(rec.etag, rec.last_modified):
+                # Nothing says the origin's file is still the one it began: its bytes go.
+                self._end()
+                self._release()
+                f.direct(None, f.source(rec.length, None, None), "no validator to go on with")
+                return
             d = maybeDeferred(origin.fetch_range, f.path, self.written, rec.length, rec.etag, rec.last_modified)
         elif f.stale is not None:
             d = maybeDeferred(origin.fetch, f.path, f.stale.etag, f.stale.last_modified)
         else:
             d = maybeDeferred(origin.fetch, f.path)
         d.addCallbacks(self._answered, self._refused).addErrback(self._crashed)
-
-    def _cannot_go_on(self) -> None:
-        """Nothing says the origin's file is still the one the dead filler
-        began: its bytes are dropped, and the file is streamed whole from the
-        origin (the next request fills the cache afresh)."""
-        f = self.flight
-        self.done = True
-        self.store.give_up(f.name, self.part)
-        self._release()
-        f.direct(None, f.source(self.record.length, None, None), "no validator to go on with")
 
     def poke(self) -> None:
         pass
@@ -122,8 +113,7 @@ class Fetch:
 
     def _read_along(self) -> None:
         """Let the flight's readers follow the file as it is written."""
-        f = self.flight
-        fill = f.fill
+        f, fill = self.flight, self.flight.fill
         if fill is None:
             source = f.source(self.length, self.etag, self.last_modified)
             f.read_along(f.new_fill(self.fd, source, self.written))
@@ -273,8 +263,7 @@ class Fetch:
     def _abandon(self, why: str) -> None:
         """The cache cannot keep it: readers go on from the origin."""
         self._end()
-        assert self.flight.fill is not None
-        self.flight.fill.abandon(why)
+        self.flight.orphan(why)
         self._release()
         self.flight.land()
 

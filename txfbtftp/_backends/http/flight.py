@@ -98,14 +98,13 @@ class Flight:
     def serve_entry(self, entry: Entry) -> None:
         """The entry is current (304, an origin that is down, another process's fill)."""
         self.land()
-        self._orphan("the cached copy was confirmed instead")
         self._settle(lambda retry: self.cache.open_entry(entry, self.path, retry))
 
     def direct(self, body: IBody | None, source: Source, why: str) -> None:
         """The file cannot be cached: each waiter streams it from the origin (the
         first one the body already asked for)."""
         self.land()
-        self._orphan(why)
+        self.orphan(why)
         bodies = [body] if body is not None else []
 
         def stream(retry: bool) -> IReader:
@@ -118,21 +117,19 @@ class Flight:
     def retry(self) -> None:
         """The other process's fill ended before an answer: ask again, once."""
         self.land()
-        self._orphan("the fill was given up")
         self._settle(lambda retry: self.cache.serve(self.path, self.key, False) if retry
                      else self.cache.uncached_reader(self.path, self.key, "the fill was given up"))
 
     def refuse(self, error: errors.TFTPError) -> None:
         self.land()
-        self._orphan("the fill was given up")
         waiters, self._waiters = self._waiters, []
         for d, _ in waiters:
             d.errback(Failure(error))
 
-    def _orphan(self, why: str) -> None:
-        """The flight ends without the fill its readers follow (one taken over
-        from a dead filler): they go on from the origin, not wait for bytes
-        that will never come."""
+    def orphan(self, why: str) -> None:
+        """The fill its readers follow will not be finished (the cache cannot
+        keep it, or the flight ends without it): they go on from the origin,
+        not wait for bytes that will never come."""
         if self.fill is not None:
             self.fill.abandon(why)
 
