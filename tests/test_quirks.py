@@ -85,6 +85,20 @@ def test_duplicate_acks_do_not_trigger_retransmission(serve):
 
 
 @pytest_twisted.inlineCallbacks
+def _the_rest(c, tid, data):
+    """The file a lock-step download of 512-byte blocks brings, from DATA 1 (``data``) on."""
+    out = [data[4:]]
+    block = 1
+    while len(data) - 4 == 512:
+        c.send(packet.ack(block), tid)
+        data, _ = yield c.recv()
+        block += 1
+        out.append(data[4:])
+    c.send(packet.ack(block), tid)
+    return b"".join(out)
+
+
+@pytest_twisted.inlineCallbacks
 def test_stray_tid_gets_error_5_and_does_not_disturb(serve, root):
     svc = serve()
     c, stranger = listen(), listen()
@@ -94,15 +108,7 @@ def test_stray_tid_gets_error_5_and_does_not_disturb(serve, root):
     err, src = yield stranger.recv()
     assert src == tid and packet.parse_error(err).code == packet.ERR_UNKNOWN_TID
     stranger.send(packet.error(0, "x"), tid)  # an ERROR is never answered
-    out = [data[4:]]
-    block = 1
-    while len(data) - 4 == 512:
-        c.send(packet.ack(block), tid)
-        data, _ = yield c.recv()
-        block += 1
-        out.append(data[4:])
-    c.send(packet.ack(block), tid)
-    assert b"".join(out) == (root / "small.bin").read_bytes()
+    assert (yield _the_rest(c, tid, data)) == (root / "small.bin").read_bytes()
     assert (yield stranger.quiet(0.2)) == []
     yield c.close()
     yield stranger.close()
@@ -122,15 +128,7 @@ def test_a_stranger_flooding_a_session_port_gets_a_few_error_5s_and_the_transfer
     assert 10 <= len(got) <= 11  # a burst of ten, and two a second
     assert {packet.parse_error(d).code for d, _ in got} == {packet.ERR_UNKNOWN_TID}
     assert svc.stats.get_counter("errors_suppressed") == 50 - len(got)
-    out = [data[4:]]
-    block = 1
-    while len(data) - 4 == 512:
-        c.send(packet.ack(block), tid)
-        data, _ = yield c.recv()
-        block += 1
-        out.append(data[4:])
-    c.send(packet.ack(block), tid)
-    assert b"".join(out) == (root / "small.bin").read_bytes()
+    assert (yield _the_rest(c, tid, data)) == (root / "small.bin").read_bytes()
     yield c.close()
     yield stranger.close()
 
