@@ -157,6 +157,28 @@ def test_junk_gets_a_rate_limited_error_per_address(server):
     assert server.stats.totals["errors_suppressed"] == 90
 
 
+def test_junk_from_forged_sources_is_logged_at_a_bounded_rate_in_all():
+    """A flood with a new forged source per packet: one line per source would
+    be one line per packet; the lines from all sources together are capped,
+    and what was held back is counted in the next line."""
+    from twisted.logger import formatEvent, globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        server = MemoryServer(MemoryBackend(FILES))
+        for i in range(1000):
+            server.send(b"\0\x09junk", ("198.51.%d.%d" % (i // 250, i % 250 + 1), 9))
+        during = [formatEvent(e) for e in events]
+        server.advance(1.0)
+        server.send(b"\0\x09junk", ("203.0.113.9", 9))
+        after = [formatEvent(e) for e in events][len(during):]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert len([line for line in during if "198.51." in line]) == 100  # ten a second, ten times that at once
+    assert any("900 lines about packets from other hosts not logged" in line for line in after)
+    assert any("203.0.113.9" in line for line in after)
+
+
 def test_a_boot_storm_never_meets_the_budgets(server):
     """Four hundred machines, each probing the size first (UEFI) and then
     fetching: nobody is dropped, nothing withheld."""

@@ -61,14 +61,21 @@ def json_observer(out: IO[str] | None = None) -> ILogObserver:
 
 
 class LogLimiter:
-    """At most one log line per source per ``interval`` seconds; counts the rest."""
+    """At most one log line per source per ``interval`` seconds, and, with a
+    ``rate``, at most that many a second from all sources together (a flood
+    with forged addresses has a new source per packet); counts the rest."""
 
-    def __init__(self, clock: Callable[[], float], interval: float = 60.0, size: int = 4096) -> None:
+    def __init__(self, clock: Callable[[], float], interval: float = 60.0, size: int = 4096,
+                 rate: float = 0.0) -> None:
         self._clock = clock
         self.interval = interval
         self._size = size
         self._last: dict[str, float] = {}
         self.suppressed: dict[str, int] = {}
+        self.rate = rate
+        self._level, self._since = 10 * rate, clock()
+        #: Lines the cap on all sources held back since :meth:`take_dropped`.
+        self.dropped = 0
 
     def allow(self, source: str) -> bool:
         now = self._clock()
@@ -76,8 +83,19 @@ class LogLimiter:
         if last is not None and now - last < self.interval:
             self.suppressed[source] = self.suppressed.get(source, 0) + 1
             return False
+        if self.rate:
+            self._level = min(10 * self.rate, self._level + (now - self._since) * self.rate)
+            self._since = now
+            if self._level < 1:
+                self.dropped += 1
+                return False
+            self._level -= 1
         if len(self._last) >= self._size:
             self._last.clear()
             self.suppressed.clear()
         self._last[source] = now
         return True
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped = self.dropped, 0
+        return dropped

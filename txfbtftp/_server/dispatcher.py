@@ -42,6 +42,8 @@ from txfbtftp._types import IServerReactor
 BUSY = "Server busy, try again later"
 #: ERRORs the listening port sends one address: a second, and at once.
 ERRORS_PER_SECOND, ERRORS_BURST = 2.0, 10.0
+#: Lines about bad or stray packets, from all addresses together (ten times as many at once).
+LOG_LINES_PER_SECOND = 10.0
 AnySession = ReadSession | WriteSession
 
 
@@ -79,7 +81,7 @@ class TFTPProtocol(DatagramProtocol):
             _burst(config))
         #: The server is stopping: requests are dropped (see txfbtftp._server.drain).
         self.draining = False
-        self._log_limiter = LogLimiter(reactor.seconds)
+        self._log_limiter = LogLimiter(reactor.seconds, rate=LOG_LINES_PER_SECOND)
         self._errors = Buckets(reactor.seconds, ERRORS_PER_SECOND, ERRORS_BURST)
         self._ended = RecentlyEnded(reactor.seconds, config.schedule.total)
 
@@ -183,6 +185,10 @@ class TFTPProtocol(DatagramProtocol):
     def _log(self, key: Address, what: str) -> None:
         limiter = self._log_limiter
         if limiter.allow(key[0]):
+            dropped = limiter.take_dropped()
+            if dropped:
+                log.info("{n} lines about packets from other hosts not logged (over {rate:g} a second)",
+                         n=dropped, rate=limiter.rate)
             n = limiter.suppressed.pop(key[0], 0)
             log.info("{peer}: {what} ({suppressed} more from this host not logged)" if n else "{peer}: {what}",
                      peer=fmt(key), what=what, suppressed=n)
