@@ -94,6 +94,27 @@ def entries(cache_dir):
     return index, data, sorted(os.listdir(cache_dir / "tmp"))
 
 
+def filler_of(cache_dir, name):
+    """The pid holding the lock of the fill of the file ``name`` (its
+    filler: the lock is the truth, whichever process asked the origin), or
+    None when there is no such fill."""
+    index = json.loads((cache_dir / "index.json").read_text())
+    parts = [f["part"] for f in index["fills"].values() if f["key"].endswith("/" + name)]
+    if not parts:
+        return None
+    try:
+        inode = os.stat(cache_dir / parts[0]).st_ino
+    except FileNotFoundError:
+        return None
+    with open("/proc/locks") as f:
+        for line in f:
+            # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; "1: -> FLOCK ..." is a waiter
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+                return int(fields[4])
+    return None
+
+
 def pid_of_connection(local_port, pids):
     """Which of ``pids`` holds the TCP socket bound to ``local_port`` (the origin
     records each request's client port)."""

@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 
 from . import rawclient
-from .cachelab import (Tmpfs, body, committed, entries, fetch, metric, pause, pid_of_connection, processes, serve,
-                       settle, wait_log)
+from .cachelab import (Tmpfs, body, committed, entries, fetch, filler_of, metric, pause, pid_of_connection, processes,
+                       serve, settle, wait_log)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_workers_share_one_cache_200_clients_on_a_cold_cache_make_one_origin_get
 
 
 @pytest_twisted.inlineCallbacks
-def _fill_on_the_worker(server, origin, data):
+def _fill_on_the_worker(server, origin, data, cache_dir):
     """Ask for new names until a request lands on the worker, which is then
     filling: ``(name, gate, first download, worker pid)``, held at 1 MiB."""
     main, (worker,) = processes(server)
@@ -88,7 +88,8 @@ def _fill_on_the_worker(server, origin, data):
         first = fetch(server, name, attempts=3)
         yield settle(lambda name=name: origin.sent.get("/boot/" + name, 0) >= 1 << 20, what="the fill under way")
         (seen,) = origin.requests_for(name)
-        if pid_of_connection(seen.client_port, [main, worker]) == worker:
+        # Both must say so: the connection the origin saw, and the fill's lock.
+        if pid_of_connection(seen.client_port, [main, worker]) == worker and filler_of(cache_dir, name) == worker:
             return name, gate, first, worker
         gate.callback(None)
         assert (yield first) == data
@@ -106,7 +107,7 @@ def test_a_worker_killed_during_its_fill_another_process_finishes_it(servers, or
     data = body(2, 4 << 20)
     cache_dir = tmp_path / "cache"
     server = serve(servers, origin, cache_dir, workers=2)
-    name, gate, first, worker = yield _fill_on_the_worker(server, origin, data)
+    name, gate, first, worker = yield _fill_on_the_worker(server, origin, data, cache_dir)
     others = [fetch(server, name, attempts=3) for _ in range(40)]
     yield pause(0.5)  # the others have asked, and wait past the first MiB
     spec, resumed = origin.files["/boot/" + name], Deferred()
@@ -138,7 +139,7 @@ def test_a_fill_left_by_a_killed_worker_is_taken_over_by_the_next_request(server
     data = body(7, 3 << 20)
     cache_dir = tmp_path / "cache"
     server = serve(servers, origin, cache_dir, workers=2)
-    name, gate, first, worker = yield _fill_on_the_worker(server, origin, data)
+    name, gate, first, worker = yield _fill_on_the_worker(server, origin, data, cache_dir)
     os.kill(worker, signal.SIGKILL)  # nobody follows that fill: it stays, with its first MiB
     gate.callback(None)
     yield wait_log(server, "TFTP server listening on", count=3)
