@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from txfbtftp import FilesystemBackend, ServerConfig
-from txfbtftp._net import poller
+from txfbtftp._net import lanes, poller
 from txfbtftp._net.poller import SessionSockets
 from txfbtftp._protocol import packet
 from txfbtftp._server.dispatcher import TFTPProtocol
@@ -52,7 +52,7 @@ class Twin:
     def __init__(self, root, config):
         self.clock = Clock()
         self.clock.advance(1000)
-        self.sockets = SessionSockets(_Reactor(), busy_poll=0)
+        self.sockets = SessionSockets(_Reactor(), busy_poll=0, timers=self.clock)
         self.server = TFTPProtocol(FilesystemBackend(str(root)), self.clock, config, sockets=self.sockets)
         self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.client.bind(("127.0.0.1", 0))
@@ -109,8 +109,7 @@ def snapshot(session):
     wd, est, r = m.watchdog, m.watchdog.estimator, session.reader
     return session.outcome, (m.state.value, fields, list(m._window), wd.tries, wd.since,
             None if est is None else (est.srtt, est.rttvar, est.rto),
-            None if r is None else (r._offset, r._pos, bytes(r._buf)),
-            session._slot, session._slot_start)
+            None if r is None else (r._offset, r._pos, bytes(r._buf)))
 
 
 def run(root, script, options, config, lanes, monkeypatch):
@@ -240,7 +239,7 @@ _TRANSFER = """
 import os, sys
 from twisted.internet import reactor
 import txfbtftp
-from txfbtftp._net import poller
+from txfbtftp._net import lanes, poller
 assert poller.Lane is None, "the compiled module is there"
 root = sys.argv[1]
 svc = txfbtftp.TFTPService(txfbtftp.FilesystemBackend(root), reactor, 0, ["127.0.0.1"])
@@ -303,7 +302,7 @@ def test_an_ipv6_client_given_as_host_and_port_is_served_in_its_lane(root, monke
     try:
         twin.server.datagramReceived(packet.request(packet.RRQ, "big.bin", "octet", {}), c6.getsockname()[:2])
         session, = twin.server.sessions.values()
-        assert list(twin.sockets._lanes) == [session.link._sock.fileno()]
+        assert list(twin.sockets.lanes.table) == [session.link._sock.fileno()]
         got = []
         while len(got) < 9:
             select.select([c6], [], [], 2)
@@ -327,7 +326,7 @@ def test_a_transfer_the_lane_does_not_take_is_served_by_python(root):
     twin = Twin(root, config)
     try:
         twin.request("big.bin", {"windowsize": "300", "blksize": "8"})
-        assert twin.sockets._lanes == {}  # a window over 256 blocks: no lane
+        assert twin.sockets.lanes.table == {}  # a window over 256 blocks: no lane
         twin.send(packet.ack(0))
         twin.send(packet.ack(300))
         assert twin.session.record is None and twin.session.machine._acked == 300
@@ -348,7 +347,7 @@ def test_a_session_that_ends_before_its_lane_opens_leaves_none(root, monkeypatch
     monkeypatch.setattr(fs.os, "pread", broken)
     try:
         twin.server.datagramReceived(packet.request(packet.RRQ, "big.bin", "octet", {}), twin.client.getsockname())
-        assert twin.server.sessions == {} and twin.sockets._lanes == {}
+        assert twin.server.sessions == {} and twin.sockets.lanes.table == {}
     finally:
         monkeypatch.undo()
         twin.close()
@@ -402,7 +401,8 @@ def parked():
 def _park(ep, reactor, timeout):
     from txfbtftp import _speedups
     start = time.monotonic()
-    result = _speedups.park(ep.fileno(), reactor.fileno(), {}, lambda exc, _: None, timeout)
+    result = _speedups.park(ep.fileno(), reactor.fileno(), {}, lambda exc, _: None, timeout, _speedups.Deadlines(),
+                            time.time)
     return result, time.monotonic() - start
 
 
@@ -486,7 +486,7 @@ def test_a_park_that_cannot_turn_the_reactors_epoll_changes_nothing(parked):
     ep, sock, reactor, _, client = parked
     stranger = select.epoll()  # does not hold the poller's epoll
     with pytest.raises(OSError):
-        _speedups.park(ep.fileno(), stranger.fileno(), {}, lambda exc, _: None, 1.0)
+        _speedups.park(ep.fileno(), stranger.fileno(), {}, lambda exc, _: None, 1.0, _speedups.Deadlines(), time.time)
     stranger.close()
     _nested_as_before(ep, reactor, sock, client)
 
@@ -507,7 +507,7 @@ def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, s
     (root / "big.bin").write_bytes(data)
     svc = serve(busy_poll=0)
     sockets = svc.protocols[0].sockets
-    assert sockets._park is not None  # the epoll reactor, and the compiled module
+    assert sockets.lanes._park is not None  # the epoll reactor, and the compiled module
     entered = []
     through_the_reactor = sockets.doRead
 
@@ -541,13 +541,14 @@ def test_busy_lanes_let_the_reactor_in_at_once(root, reactor_busy):
         twin.request("big.bin", {})
         twin.send(packet.ack(1))  # Python takes it, and opens the lane
         twin.send(packet.ack(2))  # the lane's first, and the timer it leaves Python to re-arm
-        assert list(twin.sockets._lanes) == [twin.session.link._sock.fileno()]
+        assert list(twin.sockets.lanes.table) == [twin.session.link._sock.fileno()]
         for n in range(3, 203):  # queued at once: each acknowledges the whole window once the one before is served
             twin.client.sendto(packet.ack(n), twin.tid)
         if reactor_busy:
             os.write(w, b"x")
-        rest, later, served = _speedups.park(twin.sockets.fileno(), reactor.fileno(), twin.sockets._lanes,
-                                             lambda exc, _: None, 0.5)
+        its = twin.sockets.lanes
+        rest, later, served = _speedups.park(twin.sockets.fileno(), reactor.fileno(), its.table,
+                                             lambda exc, _: None, 0.5, its.deadlines, twin.clock.seconds)
         assert rest == [] and later == []
         assert served <= 1 if reactor_busy else served == 200
         assert twin.session.machine._acked == 2 + served
@@ -565,6 +566,7 @@ class _EpollReactor(_Reactor):
         self._poller = select.epoll()
         self._stopped = False
         self.next_timer = next_timer
+        self.seconds = time.time
 
     def addReader(self, reader):
         self._poller.register(reader.fileno(), select.EPOLLIN)
@@ -574,27 +576,106 @@ class _EpollReactor(_Reactor):
 
 
 @compiled
-@pytest.mark.parametrize("stopped, next_timer, parks, least, most", [
-    (False, None, 1, poller.PARK, 1.0),     # nothing due: as long as a park may last
-    (False, 0.03, 1, 0.03, poller.PARK),    # until the reactor's next timer
-    (True, None, 0, 0.0, poller.PARK),      # reactor.stop() was called: back to it at once
-], ids=["idle", "timer", "stopping"])
-def test_a_parked_poller_sleeps_no_longer_than_the_reactor_may_wait(stopped, next_timer, parks, least, most):
+@pytest.mark.parametrize("running, stopped, next_timer, parks, least, most", [
+    (True, False, None, 1, lanes.PARK, 3.0),                   # nothing due: as long as a park may last
+    (False, False, None, 1, lanes.PARK_ITERATE, lanes.PARK),  # the same, under reactor.iterate()
+    (True, False, 0.03, 1, 0.03, lanes.PARK_ITERATE),          # until the reactor's next timer
+    (True, True, None, 0, 0.0, lanes.PARK_ITERATE),            # reactor.stop() was called: back to it at once
+], ids=["idle", "iterated", "timer", "stopping"])
+def test_a_parked_poller_sleeps_no_longer_than_the_reactor_may_wait(running, stopped, next_timer, parks, least,
+                                                                    most):
     reactor = _EpollReactor(next_timer)
+    reactor.running = running
     sockets = SessionSockets(reactor, busy_poll=0)
     sock = sockets.bind(socket.AF_INET, "127.0.0.1", [0])
     sockets.register(sock, lambda data, addr: None)
-    sockets._lanes[sock.fileno()] = object()  # a download under way: parking is worth it
+    sockets.lanes.table[sock.fileno()] = object()  # a download under way: parking is worth it
     calls = []
-    real = sockets._park
-    sockets._park = lambda *args: calls.append(args) or real(*args)
+    real = sockets.lanes._park
+    sockets.lanes._park = lambda *args: calls.append(args) or real(*args)
     reactor._stopped = stopped
     try:
         start = time.monotonic()
         sockets.doRead()
         took = time.monotonic() - start
     finally:
-        sockets._lanes.clear()
+        sockets.lanes.table.clear()
         sockets.shutdown()
         reactor._poller.close()
     assert len(calls) == parks and least <= took < most
+
+
+# -- the poller keeps its lanes' deadlines ---------------------------------------------------------
+
+
+def _slow_client(port, blocks, rtt, withhold=None):
+    """A lock-step client that answers each DATA ``rtt`` seconds late (a WAN)
+    and does not answer block ``withhold`` the first time; when each DATA
+    came, by block number."""
+    came = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(packet.request(packet.RRQ, "big.bin", "octet", {}), ("127.0.0.1", port))
+        while True:
+            data, tid = sock.recvfrom(1024)
+            assert data[:2] == b"\x00\x03", data
+            n = int.from_bytes(data[2:4], "big")
+            came.setdefault(n, []).append(time.monotonic())
+            if n == withhold and len(came[n]) == 1:
+                continue
+            time.sleep(rtt)
+            sock.sendto(packet.ack(n), tid)
+            if len(data) < 516:
+                return came
+
+
+@compiled
+@pytest.mark.parametrize("ticking", [False, True], ids=["quiet", "reactor-timer"])
+@pytest_twisted.inlineCallbacks
+def test_a_download_over_a_wan_keeps_the_process_asleep_between_blocks(root, serve, ticking):
+    """Each ACK moves the session's deadline later.  A reactor timer set for
+    the old deadline woke the process for nothing about once per two
+    blocks; the parked poller keeps the deadlines itself and wakes only for
+    the ACKs, and for the reactor's own timers (the timer it leaves while
+    away does not outlive its next park)."""
+    from twisted.internet import reactor, task, threads
+    ticks = task.LoopingCall(lambda: None)
+    if ticking:
+        ticks.clock = reactor
+        ticks.start(0.25)
+    blocks = 60
+    (root / "big.bin").write_bytes(os.urandom(512 * blocks + 100))
+    svc = serve(dally=0.05)
+    sockets = svc.protocols[0].sockets
+    wheel = svc.protocols[0].wheel
+    assert sockets.lanes._park is not None
+    entered, fired = [], []
+    through_the_reactor, wheel_fire = sockets.doRead, wheel._fire
+    sockets.doRead = lambda: entered.append(1) or through_the_reactor()
+    wheel._fire = lambda: fired.append(1) or wheel_fire()
+    try:
+        came = yield threads.deferToThread(_slow_client, svc.protocols[0].transport.getHost().port, blocks, 0.02)
+    finally:
+        if ticks.running:
+            ticks.stop()
+    assert sorted(came) == list(range(1, blocks + 2)) and all(len(times) == 1 for times in came.values())
+    assert fired == []  # the lane's session is not on the wheel
+    assert len(entered) <= (3 + 7 if ticking else 3)  # the ticks: one each
+
+
+@compiled
+@pytest_twisted.inlineCallbacks
+def test_a_lanes_lost_ack_is_answered_after_its_round_trip_timeout(root, serve):
+    """The deadline of a session served by its lane comes from the poller:
+    a lost ACK is answered by a retransmission after the learnt timeout
+    (tens of milliseconds here), not after the schedule's first second."""
+    from twisted.internet import threads
+    blocks = 40
+    (root / "big.bin").write_bytes(os.urandom(512 * blocks + 100))
+    svc = serve(dally=0.05)
+    came = yield threads.deferToThread(_slow_client, svc.protocols[0].transport.getHost().port, blocks, 0.005,
+                                       withhold=30)
+    assert sorted(came) == list(range(1, blocks + 2))
+    first, again = came[30]
+    assert 0.04 <= again - first < 0.6
+    assert all(len(came[n]) == 1 for n in came if n != 30)

@@ -2,7 +2,8 @@
  *
  * Rules:
  *
- * 1. Same state, same steps.  A Lane holds no transfer state of its own: it
+ * 1. Same state, same steps.  A Lane holds no transfer state of its own
+ *    (its entry in the deadlines heap is a copy of the machine's): it
  *    reads and writes the very attributes the pure-Python path uses (the
  *    ReadMachine's, its Watchdog's and RTOEstimator's, the FileReader's), in
  *    the order ReadSession.receive -> ReadMachine.receive/_ack -> _pump/feed
@@ -11,14 +12,19 @@
  *    acknowledges the whole window of a transfer under way, with no backend
  *    call pending and no budget gate, is served here.  Anything else (a
  *    stranger, a duplicate or partial ACK, an ERROR, the last ACK, a read
- *    error, a deadline that moved earlier) goes back to Python, untouched.
+ *    error) goes back to Python, untouched.
  * 3. Nothing changes until everything is known.  The blocks are read
  *    before the first attribute is written; a failure before that point is
  *    a hand-back, never a half step.
  * 4. No Python is called but the session's clock.  What Python must do (a
- *    datagram to hand back, a timer to re-arm, a failure to log) is
+ *    datagram to hand back, a deadline to keep, a failure to log) is
  *    returned as (call, a, b) for the poller to run under its own error
  *    handling.
+ * 5. The poller keeps its lanes' deadlines (``Deadlines``), not the
+ *    reactor: a lane moves its session's deadline at every ACK, and a timer
+ *    set for the old one would wake the process for nothing about once per
+ *    round trip.  The lane moves its own entry; ``Deadlines.due`` and
+ *    ``park`` tell the sessions whose deadline has come.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -52,11 +58,21 @@ static PyTypeObject LaneType;
 /* Attribute names, interned once. */
 static PyObject *s_machine_state, *s_acked, *s_sent, *s_last, *s_window, *s_clean, *s_burst_at,
     *s_restart_armed, *s_deadline, *s_established, *s_bytes, *s_bytes_sent, *s_packets_sent,
-    *s_packets_received, *s_last_heard_at, *s_first_reply_at, *s_oack, *s_pending, *s_gate, *s_slot,
-    *s_slot_start, *s_wait, *s_tries, *s_since, *s_srtt, *s_rttvar, *s_rto, *s_floor, *s_buf, *s_pos,
-    *s_offset, *s_readers, *s_offload, *s_after;
+    *s_packets_received, *s_last_heard_at, *s_first_reply_at, *s_oack, *s_pending, *s_gate, *s_wait,
+    *s_tries, *s_since, *s_srtt, *s_rttvar, *s_rto, *s_floor, *s_buf, *s_pos, *s_offset, *s_readers, *s_offload, *s_after, *s_deadline_came;
 
+static PyTypeObject DeadlinesType;
+typedef struct Lane Lane;
+
+/* The deadlines of a poller's lanes: a binary min-heap on Lane.due, each
+ * entry a reference to its lane, which knows its place (Lane.slot). */
 typedef struct {
+    PyObject_HEAD
+    Lane **heap;
+    Py_ssize_t n, cap;
+} Deadlines;
+
+struct Lane {
     PyObject_HEAD
     int fd;                       /* the session socket */
     int file;                     /* the file's shared descriptor */
@@ -71,7 +87,10 @@ typedef struct {
     PyObject *seconds;            /* the session's clock */
     PyObject *handler;            /* the pure-Python receiver: handler(data, addr) */
     PyObject *transfer;           /* State.TRANSFER */
-} Lane;
+    Deadlines *deadlines;         /* where the poller keeps this lane's deadline */
+    Py_ssize_t slot;              /* its place there, -1 when it has none */
+    double due;                   /* the deadline it is kept at */
+};
 
 static int
 Lane_traverse(Lane *self, visitproc visit, void *arg)
@@ -79,6 +98,7 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->session); Py_VISIT(self->sdict); Py_VISIT(self->machine); Py_VISIT(self->mdict);
     Py_VISIT(self->watchdog); Py_VISIT(self->estimator); Py_VISIT(self->reader); Py_VISIT(self->fs);
     Py_VISIT(self->sender); Py_VISIT(self->seconds); Py_VISIT(self->handler); Py_VISIT(self->transfer);
+    Py_VISIT(self->deadlines);
     return 0;
 }
 
@@ -88,6 +108,7 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->session); Py_CLEAR(self->sdict); Py_CLEAR(self->machine); Py_CLEAR(self->mdict);
     Py_CLEAR(self->watchdog); Py_CLEAR(self->estimator); Py_CLEAR(self->reader); Py_CLEAR(self->fs);
     Py_CLEAR(self->sender); Py_CLEAR(self->seconds); Py_CLEAR(self->handler); Py_CLEAR(self->transfer);
+    Py_CLEAR(self->deadlines);
     return 0;
 }
 
@@ -121,16 +142,17 @@ get_double(PyObject *obj, const char *name, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* Lane(session, machine, reader, sock_fd, dest, handler, sender, transfer) */
+/* Lane(session, machine, reader, sock_fd, dest, handler, sender, transfer, deadlines) */
 static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
     PyObject *session, *machine, *reader, *dest, *handler, *sender, *transfer, *host, *sched;
+    Deadlines *deadlines;
     int fd, port;
     unsigned int flow = 0, scope = 0;
     const char *addr;
-    if (!PyArg_ParseTuple(args, "OOOiOOOO", &session, &machine, &reader, &fd, &dest, &handler, &sender,
-                          &transfer))
+    if (!PyArg_ParseTuple(args, "OOOiOOOOO!", &session, &machine, &reader, &fd, &dest, &handler, &sender,
+                          &transfer, &DeadlinesType, &deadlines))
         return -1;
     if (!PyTuple_Check(dest) || !PyArg_ParseTuple(dest, "si|II", &addr, &port, &flow, &scope))
         return -1;
@@ -227,7 +249,105 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     Py_INCREF(handler); self->handler = handler;
     Py_INCREF(sender); self->sender = sender;
     Py_INCREF(transfer); self->transfer = transfer;
+    Py_INCREF(deadlines); self->deadlines = deadlines;
+    self->slot = -1;
     return 0;
+}
+
+/* --- the deadlines heap ------------------------------------------------------------- */
+
+static void
+heap_put(Deadlines *D, Py_ssize_t i, Lane *L)
+{
+    D->heap[i] = L;
+    L->slot = i;
+}
+
+static void
+sift_up(Deadlines *D, Py_ssize_t i)
+{
+    Lane *L = D->heap[i];
+    while (i > 0) {
+        Py_ssize_t up = (i - 1) / 2;
+        if (D->heap[up]->due <= L->due)
+            break;
+        heap_put(D, i, D->heap[up]);
+        i = up;
+    }
+    heap_put(D, i, L);
+}
+
+static void
+sift_down(Deadlines *D, Py_ssize_t i)
+{
+    Lane *L = D->heap[i];
+    for (;;) {
+        Py_ssize_t c = 2 * i + 1;
+        if (c >= D->n)
+            break;
+        if (c + 1 < D->n && D->heap[c + 1]->due < D->heap[c]->due)
+            c++;
+        if (L->due <= D->heap[c]->due)
+            break;
+        heap_put(D, i, D->heap[c]);
+        i = c;
+    }
+    heap_put(D, i, L);
+}
+
+/* Keep L's deadline at ``at``.  Moving one already kept cannot fail; a new
+ * one may need room: -1 with MemoryError set. */
+static int
+deadlines_set(Deadlines *D, Lane *L, double at)
+{
+    if (L->slot >= 0) {
+        double was = L->due;
+        L->due = at;
+        if (at < was)
+            sift_up(D, L->slot);
+        else
+            sift_down(D, L->slot);
+        return 0;
+    }
+    if (D->n == D->cap) {
+        Py_ssize_t cap = D->cap ? 2 * D->cap : 16;
+        Lane **heap = PyMem_Realloc(D->heap, cap * sizeof *heap);
+        if (heap == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        D->heap = heap;
+        D->cap = cap;
+    }
+    Py_INCREF(L);
+    L->due = at;
+    heap_put(D, D->n++, L);
+    sift_up(D, L->slot);
+    return 0;
+}
+
+static void
+deadlines_remove(Deadlines *D, Lane *L)
+{
+    Py_ssize_t i = L->slot;
+    if (i < 0 || i >= D->n || D->heap[i] != L)
+        return;
+    L->slot = -1;
+    if (i != --D->n) {
+        Lane *last = D->heap[D->n];
+        heap_put(D, i, last);
+        sift_up(D, i);
+        if (last->slot == i)
+            sift_down(D, i);
+    }
+    Py_DECREF(L);
+}
+
+/* The earliest deadline kept, HUGE_VAL when none. */
+static double
+deadlines_next(Deadlines *D)
+{
+    return D->n ? D->heap[0]->due : HUGE_VAL;
 }
 
 /* --- reading attributes without a reference; NULL means "not as expected" --- */
@@ -707,31 +827,19 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
         send_one(L, pkts[0]);
     else if (count > 1 && send_window(L, pkts, count))
         goto fail;
-    /* Session._after: the timer wheel knows a slot at or before the deadline? */
-    {
-        PyObject *slot = dget(sd, s_slot);
-        double start = 0.0;
-        int rearm = slot == NULL || slot == Py_None;
-        if (!rearm) {
-            v = dget(sd, s_slot_start);
-            if (v == NULL || ((start = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) {
-                PyErr_Clear();
-                rearm = 1;
-            } else {
-                rearm = deadline < start;
-            }
+    /* rule 5: the lane's entry moves in place; Session._after files a new one */
+    if (L->slot >= 0) {
+        deadlines_set(L->deadlines, L, deadline);
+    } else {
+        PyObject *after = PyObject_GetAttr(L->session, s_after), *t, *nw = PyFloat_FromDouble(now);
+        t = (after && nw) ? PyTuple_Pack(3, after, L->machine, nw) : NULL;
+        Py_XDECREF(after);
+        Py_XDECREF(nw);
+        if (t == NULL || PyList_Append(later, t)) {
+            Py_XDECREF(t);
+            goto fail;
         }
-        if (rearm) {
-            PyObject *after = PyObject_GetAttr(L->session, s_after), *t, *nw = PyFloat_FromDouble(now);
-            t = (after && nw) ? PyTuple_Pack(3, after, L->machine, nw) : NULL;
-            Py_XDECREF(after);
-            Py_XDECREF(nw);
-            if (t == NULL || PyList_Append(later, t)) {
-                Py_XDECREF(t);
-                goto fail;
-            }
-            Py_DECREF(t);
-        }
+        Py_DECREF(t);
     }
     r = 1;
 fail:
@@ -851,6 +959,160 @@ static PyMethodDef lane_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Take the lanes whose deadline has come by ``now`` (the sessions' clock)
+ * off ``D``: a (session.deadline_came, machine, now) for each in ``later``.
+ * An entry whose session moved its deadline meanwhile (a Python step) is
+ * moved with it; one whose session has none is dropped (it files a new one
+ * when it sets one). */
+static int
+deadlines_due(Deadlines *D, double now, PyObject *later)
+{
+    PyObject *nw = NULL;
+    int r = -1;
+    while (D->n > 0 && D->heap[0]->due <= now + 1e-6) {  /* Session._deadline's tolerance */
+        Lane *L = D->heap[0];
+        PyObject *d = L->mdict ? dget(L->mdict, s_deadline) : NULL, *call, *t;
+        double at;
+        if (d == NULL || d == Py_None || ((at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
+            PyErr_Clear();
+            deadlines_remove(D, L);
+            continue;
+        }
+        if (at > now + 1e-6) {
+            deadlines_set(D, L, at);
+            continue;
+        }
+        if (nw == NULL && (nw = PyFloat_FromDouble(now)) == NULL)
+            goto done;
+        call = PyObject_GetAttr(L->session, s_deadline_came);
+        t = call ? PyTuple_Pack(3, call, L->machine, nw) : NULL;
+        Py_XDECREF(call);
+        if (t == NULL || PyList_Append(later, t)) {
+            Py_XDECREF(t);
+            goto done;
+        }
+        Py_DECREF(t);
+        deadlines_remove(D, L);
+    }
+    r = 0;
+done:
+    Py_XDECREF(nw);
+    return r;
+}
+
+/* Deadlines.due(now) -> later */
+static PyObject *
+Deadlines_due(Deadlines *self, PyObject *arg)
+{
+    PyObject *later;
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    later = PyList_New(0);
+    if (later != NULL && deadlines_due(self, now, later)) {
+        Py_DECREF(later);
+        return NULL;
+    }
+    return later;
+}
+
+/* Deadlines.keep(lane, at) */
+static PyObject *
+Deadlines_keep(Deadlines *self, PyObject *args)
+{
+    Lane *L;
+    double at;
+    if (!PyArg_ParseTuple(args, "O!d", &LaneType, &L, &at))
+        return NULL;
+    if (L->deadlines != self) {
+        PyErr_SetString(PyExc_ValueError, "a lane of another poller");
+        return NULL;
+    }
+    if (deadlines_set(self, L, at))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Deadlines.forget(lane) */
+static PyObject *
+Deadlines_forget(Deadlines *self, PyObject *arg)
+{
+    if (!Py_IS_TYPE(arg, &LaneType)) {
+        PyErr_SetString(PyExc_TypeError, "a Lane");
+        return NULL;
+    }
+    deadlines_remove(self, (Lane *)arg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Deadlines_get_next(Deadlines *self, void *closure)
+{
+    return PyFloat_FromDouble(deadlines_next(self));
+}
+
+static Py_ssize_t
+Deadlines_len(Deadlines *self)
+{
+    return self->n;
+}
+
+static int
+Deadlines_traverse(Deadlines *self, visitproc visit, void *arg)
+{
+    Py_ssize_t i;
+    for (i = 0; i < self->n; i++)
+        Py_VISIT(self->heap[i]);
+    return 0;
+}
+
+static int
+Deadlines_clear(Deadlines *self)
+{
+    while (self->n > 0)
+        deadlines_remove(self, self->heap[self->n - 1]);
+    return 0;
+}
+
+static void
+Deadlines_dealloc(Deadlines *self)
+{
+    PyObject_GC_UnTrack(self);
+    Deadlines_clear(self);
+    PyMem_Free(self->heap);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef deadlines_methods[] = {
+    {"keep", (PyCFunction)Deadlines_keep, METH_VARARGS, "Keep the lane's deadline at the time given."},
+    {"forget", (PyCFunction)Deadlines_forget, METH_O, "Keep the lane's deadline no more."},
+    {"due", (PyCFunction)Deadlines_due, METH_O,
+     "Take the lanes whose deadline has come by now off; their (session.deadline_came, machine, now)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef deadlines_getset[] = {
+    {"next", (getter)Deadlines_get_next, NULL, "The earliest deadline kept, inf when none.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods deadlines_sequence = {.sq_length = (lenfunc)Deadlines_len};
+
+static PyTypeObject DeadlinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "txfbtftp._speedups.Deadlines",
+    .tp_doc = "The deadlines of a poller's lanes, earliest first.",
+    .tp_basicsize = sizeof(Deadlines),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Deadlines_traverse,
+    .tp_clear = (inquiry)Deadlines_clear,
+    .tp_methods = deadlines_methods,
+    .tp_getset = deadlines_getset,
+    .tp_as_sequence = &deadlines_sequence,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)Deadlines_dealloc,
+};
+
 /* serve(events, lanes, failed) -> (rest, later)
  *
  * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
@@ -899,6 +1161,18 @@ error:
     return NULL;
 }
 
+/* The sessions' clock, read once. */
+static int
+clock_now(PyObject *seconds, double *now)
+{
+    PyObject *v = PyObject_CallNoArgs(seconds);
+    if (v == NULL)
+        return -1;
+    *now = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
 static double
 monotonic(void)
 {
@@ -938,25 +1212,30 @@ nest(int inner, int reactor, int parked)
     return epoll_ctl(reactor, EPOLL_CTL_ADD, inner, &ev);
 }
 
-/* park(epfd, other, lanes, failed, timeout) -> (rest, later, served)
+/* park(epfd, other, lanes, failed, timeout, deadlines, seconds) -> (rest, later, served)
  *
  * Sleep until the poller's epoll (epfd) or the reactor's (other, which
  * holds epfd as a reader) has something, for at most ``timeout`` seconds,
- * serving the lanes' datagrams as they come without going back to Python.
- * Returns when Python has work: an event of a descriptor without a lane
- * (rest), a call to make (later), the reactor's descriptors ready, a signal,
- * or the time up; ``served`` is how many datagrams the lanes took meanwhile.
- * The GIL is released while asleep, so the reactor's threads run. */
+ * serving the lanes' datagrams as they come without going back to Python,
+ * and until the earliest of the lanes' ``deadlines`` (on the sessions'
+ * clock, ``seconds``).  Returns when Python has work: an event of a
+ * descriptor without a lane (rest), a call to make (later: a datagram
+ * handed back, a deadline come), the reactor's descriptors ready, a signal,
+ * or the time up; ``served`` is how many datagrams the lanes took
+ * meanwhile.  The GIL is released while asleep, so the reactor's threads
+ * run. */
 static PyObject *
 park(PyObject *module, PyObject *args)
 {
     int epfd, other, parked = 0;
-    double timeout, deadline;
+    double timeout, deadline, skew;
     long served = 0;
-    PyObject *lanes, *failed, *rest, *later, *result = NULL;
+    PyObject *lanes, *failed, *seconds, *rest, *later, *result = NULL;
+    Deadlines *D;
     unsigned char *buf;
     struct epoll_event evs[BATCH];
-    if (!PyArg_ParseTuple(args, "iiO!Od", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout))
+    if (!PyArg_ParseTuple(args, "iiO!OdO!O", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout,
+                          &DeadlinesType, &D, &seconds))
         return NULL;
     rest = PyList_New(0);
     later = PyList_New(0);
@@ -972,13 +1251,26 @@ park(PyObject *module, PyObject *args)
     }
     parked = 1;
     deadline = monotonic() + timeout;
+    if (clock_now(seconds, &skew))
+        goto done;
+    skew -= monotonic();  /* the sessions' clock, less the monotonic one */
     for (;;) {
-        double left = deadline - monotonic();
+        double t = monotonic(), due = deadlines_next(D) - skew, until;
         int n, i, reactor = 0;
-        if (left <= 0)
+        if (t >= due) {
+            double now;
+            if (clock_now(seconds, &now) || deadlines_due(D, now, later))
+                goto done;
+            if (PyList_GET_SIZE(later))
+                break;
+            due = deadlines_next(D) - skew;
+        }
+        if (t >= deadline)
             break;
+        until = deadline < due ? deadline : due;
         Py_BEGIN_ALLOW_THREADS
-        n = epoll_wait(epfd, evs, BATCH, (int)ceil(left * 1000));
+        n = (int)ceil((until - t) * 1000);
+        n = epoll_wait(epfd, evs, BATCH, n > 0 ? n : 1);
         Py_END_ALLOW_THREADS
         if (n < 0) {
             if (errno == EINTR)
@@ -1046,7 +1338,8 @@ static PyTypeObject LaneType = {
 
 static PyMethodDef methods[] = {
     {"serve", serve, METH_VARARGS, "Serve the events of lanes; return (rest, later)."},
-    {"park", park, METH_VARARGS, "Sleep until Python has work, serving lanes meanwhile; (rest, later, served)."},
+    {"park", park, METH_VARARGS,
+     "Sleep until Python has work, serving lanes and keeping their deadlines; (rest, later, served)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1066,12 +1359,12 @@ PyInit__speedups(void)
     INTERN(s_established, "established"); INTERN(s_bytes, "bytes"); INTERN(s_bytes_sent, "bytes_sent");
     INTERN(s_packets_sent, "packets_sent"); INTERN(s_packets_received, "packets_received");
     INTERN(s_last_heard_at, "last_heard_at"); INTERN(s_first_reply_at, "first_reply_at"); INTERN(s_oack, "oack");
-    INTERN(s_pending, "pending"); INTERN(s_gate, "_gate"); INTERN(s_slot, "_slot");
-    INTERN(s_slot_start, "_slot_start"); INTERN(s_wait, "_wait"); INTERN(s_tries, "tries");
+    INTERN(s_pending, "pending"); INTERN(s_gate, "_gate"); INTERN(s_wait, "_wait"); INTERN(s_tries, "tries");
     INTERN(s_since, "since"); INTERN(s_srtt, "srtt"); INTERN(s_rttvar, "rttvar"); INTERN(s_rto, "rto");
     INTERN(s_floor, "floor"); INTERN(s_buf, "_buf"); INTERN(s_pos, "_pos"); INTERN(s_offset, "_offset");
     INTERN(s_readers, "readers"); INTERN(s_offload, "offload"); INTERN(s_after, "_after");
-    if (PyType_Ready(&LaneType) < 0)
+    INTERN(s_deadline_came, "deadline_came");
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&DeadlinesType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)
@@ -1079,6 +1372,12 @@ PyInit__speedups(void)
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&DeadlinesType);
+    if (PyModule_AddObject(m, "Deadlines", (PyObject *)&DeadlinesType) < 0) {
+        Py_DECREF(&DeadlinesType);
         Py_DECREF(m);
         return NULL;
     }

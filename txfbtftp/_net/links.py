@@ -33,9 +33,14 @@ class Link(Protocol):
     def drain(self) -> None:
         """Deliver what already waits for the session, before a retransmission."""
 
-    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> bool:
         """Let a compiled lane serve the download's whole-window ACKs, where
-        the link can (:mod:`txfbtftp._speedups`)."""
+        the link can (:mod:`txfbtftp._speedups`); whether it does.  A
+        session with a lane is told of its deadline by the link
+        (``session.deadline_came(machine, now)``), not by its timer wheel."""
+
+    def keep_deadline(self, deadline: float) -> None:
+        """The session with a lane has its deadline at ``deadline`` now."""
 
     def close(self) -> None:
         """Release the link; nothing is delivered after it."""
@@ -81,8 +86,11 @@ class SocketLink:
         else:
             self._send(self._sock, self._dest, packets)
 
-    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
-        self._poller.open_lane(self._sock, session, machine, reader, self._dest, self.datagramReceived)
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> bool:
+        return self._poller.open_lane(self._sock, session, machine, reader, self._dest, self.datagramReceived)
+
+    def keep_deadline(self, deadline: float) -> None:
+        self._poller.keep_deadline(self._sock, deadline)
 
     def drain(self) -> None:
         sock = self._sock
@@ -119,8 +127,11 @@ class ListenerLink:
     def drain(self) -> None:
         pass  # the listening port reads for everyone
 
-    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
-        pass  # the listening port reads for everyone
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> bool:
+        return False  # the listening port reads for everyone
+
+    def keep_deadline(self, deadline: float) -> None:
+        pass  # no lane: the session's wheel keeps it
 
     def close(self) -> None:
         pass

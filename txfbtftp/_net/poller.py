@@ -16,19 +16,11 @@ in the ready list would come once per round of all of them, later than the
 clients' patience for a first reply; events are taken ``BATCH`` at a time,
 and after every full batch the listening ports are read first.
 
-Where the optional compiled module is built, an established download's
-socket may also have a *lane* (:mod:`txfbtftp._speedups`): the compiled twin
-of its DATA hot path, which serves a whole-window ACK without running
-Python and hands everything else back to the session's own handler.  Under
-the epoll reactor, a poller whose spin ran out then *parks* instead of
-going back to the reactor: it sleeps in the compiled module on its own epoll,
-with the reactor's moved inside it meanwhile (:func:`txfbtftp._speedups.park`),
-serving the lanes' ACKs as they come, until
-Python has work (a datagram without a lane, a timer to re-arm, the
-reactor's next timer, any of the reactor's own descriptors ready, a
-signal).  A lock-step client then costs one wake-up of a few system calls a
-block, not a trip through the reactor.  Setting ``TXFBTFTP_PURE_PYTHON`` in
-the environment turns lanes and parking off.
+Where the optional compiled module is built, established downloads have
+compiled *lanes* (:mod:`txfbtftp._net.lanes`), which serve their ACKs
+without running Python, keep their deadlines, and let the poller sleep in
+the compiled module instead of the reactor between datagrams.  Setting
+``TXFBTFTP_PURE_PYTHON`` in the environment turns them off.
 """
 from __future__ import annotations
 
@@ -40,14 +32,14 @@ import time
 from typing import Any
 from collections.abc import Callable, Iterable
 
-from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txfbtftp._net.batch import BatchSender
+from txfbtftp._net.lanes import Handler, Lanes
 from txfbtftp._net.listener import MAX_DATAGRAM
 from txfbtftp._observe.logs import log
-from txfbtftp._protocol.machine import State
 
 _speedups: Any
 try:
@@ -59,15 +51,11 @@ except ImportError:
 #: The compiled lane's type, or None where there is none.
 Lane: Any = _speedups and _speedups.Lane
 
-Handler = Callable[[bytes, tuple[Any, ...]], None]
 #: Events taken per look: ready sockets served between two looks at the
 #: listening ports, under load.  (Without a bound, each look would also
 #: allocate room for 1023, which costs more than the system call on an idle
 #: spin.)
 BATCH = 64
-#: The longest sleep between datagrams outside the reactor, in seconds (a
-#: ``reactor.iterate()`` may take that long while downloads run).
-PARK = 0.1
 
 
 class Spin:
@@ -115,8 +103,10 @@ class SessionSockets:
     """Session sockets multiplexed behind one reactor reader (Linux epoll)."""
 
     def __init__(self, reactor: IReactorFDSet, busy_poll: float = 0.0002, time_slice: float = 0.005,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, timers: IReactorTime | None = None) -> None:
         self.reactor = reactor
+        #: The sessions' clock, on which the lanes' deadlines are kept (the reactor's, unless given).
+        self.timers: IReactorTime = timers if timers is not None else reactor  # type: ignore[assignment]
         #: How long to keep polling after traffic, at most ``busy_poll``.
         self.spin = Spin(busy_poll)
         self.time_slice = time_slice
@@ -127,18 +117,8 @@ class SessionSockets:
         self._handlers: dict[int, tuple[socket.socket | None, Callable[..., object]]] = {}
         #: The listening ports' readers, by descriptor.
         self._listeners: dict[int, Callable[[], object]] = {}
-        #: The compiled lanes, by descriptor.
-        self._lanes: dict[int, Any] = {}
-        # Under the epoll reactor, with the compiled module, the poller
-        # sleeps in the module between datagrams (:meth:`_park_here`); the
-        # reactor's epoll is private, but it is what says when to stop.
-        poller = getattr(reactor, "_poller", None)
-        timeout = getattr(reactor, "timeout", None)
-        self._park: Callable[..., tuple[Any, Any, int]] | None = None
-        if _speedups is not None and isinstance(poller, select.epoll) and callable(timeout):
-            self._park = _speedups.park
-            self._reactor_ep = poller
-            self._timeout: Callable[[], float | None] = timeout
+        #: The compiled lanes, where the module is built.
+        self.lanes = Lanes(_speedups, reactor, self.timers, self._ep, self.sender) if Lane is not None else None
         reactor.addReader(self)
 
     def watch(self, reader: IReadDescriptor) -> None:
@@ -185,21 +165,24 @@ class SessionSockets:
         self._handlers[fd] = (sock, handler)
 
     def open_lane(self, sock: socket.socket, session: Any, machine: Any, reader: Any, dest: tuple[Any, ...],
-                  handler: Handler) -> None:
+                  handler: Handler) -> bool:
         """Serve ``sock``'s whole-window ACKs in a compiled lane (see
         :mod:`txfbtftp._speedups`), where the module is built and takes the
-        transfer; else ``handler`` keeps serving every datagram."""
-        fd = sock.fileno()
-        if Lane is None or fd < 0:
-            return
-        try:
-            self._lanes[fd] = Lane(session, machine, reader, fd, dest, handler, self.sender, State.TRANSFER)
-        except (TypeError, ValueError):
-            pass  # a transfer the lane does not take (a window over 256 blocks)
+        transfer; else ``handler`` keeps serving every datagram.  Whether it
+        does: if so the poller keeps the session's deadline from now on
+        (``session.deadline_came(machine, now)``, once it is told of it by
+        :meth:`keep_deadline`)."""
+        return self.lanes is not None and self.lanes.open(sock, session, machine, reader, dest, handler)
+
+    def keep_deadline(self, sock: socket.socket, deadline: float) -> None:
+        """The session of ``sock``'s lane has its deadline at ``deadline`` now."""
+        if self.lanes is not None:
+            self.lanes.keep(sock.fileno(), deadline)
 
     def close(self, sock: socket.socket) -> None:
         fd = sock.fileno()
-        self._lanes.pop(fd, None)
+        if self.lanes is not None:
+            self.lanes.close(fd)
         if fd >= 0 and self._handlers.pop(fd, None) is not None:
             self._ep.unregister(fd)
         sock.close()
@@ -211,10 +194,20 @@ class SessionSockets:
         return "txfbtftp-sessions"
 
     def doRead(self) -> None:
+        lanes = self.lanes
+        if lanes is None:
+            self._read(None)
+            return
+        lanes.reading = True
+        try:
+            self._read(lanes)
+        finally:
+            lanes.away()
+
+    def _read(self, lanes: Lanes | None) -> None:
         poll = self._ep.poll
         clock = self._clock
         spin = self.spin
-        park = self._park
         start = last = clock()
         spin.woke(start)
         end = start + self.time_slice
@@ -230,48 +223,27 @@ class SessionSockets:
                 now = clock()
                 if now - last >= idle:
                     spin.idle(last)
-                    if park is None or not self._lanes or not self._park_here(park):
+                    if lanes is None or not lanes.can_park:
                         return
+                    rest, woke = lanes.park()
+                    if not woke:
+                        return
+                    if rest:
+                        self._serve(rest)
                     last = now = clock()
                     spin.woke(now)
                     end = now + self.time_slice
                     idle = spin.budget
+            if lanes is not None:
+                lanes.look()
             if now >= end:
                 return
-
-    def _park_here(self, park: Callable[..., tuple[Any, Any, int]]) -> bool:
-        """Sleep until the next datagram, serving the lanes' meanwhile,
-        instead of going back to the reactor for it; whether Python had
-        datagrams to serve (else the reactor has work, or a timer is due)."""
-        if getattr(self.reactor, "_stopped", False):
-            return False  # stop() was called meanwhile: the reactor must get on with it
-        timeout = self._timeout()
-        try:
-            rest, later, served = park(self._ep.fileno(), self._reactor_ep.fileno(), self._lanes, _lane_failed,
-                                       PARK if timeout is None else min(timeout, PARK))
-        except OSError:
-            # The reactor's epoll could not be changed (or changed back):
-            # no more parking, and the poller back among its readers.
-            log.failure("the session poller cannot park; it no longer will")
-            self._park = None
-            try:
-                self._reactor_ep.register(self._ep.fileno(), select.EPOLLIN)
-            except FileExistsError:
-                pass
-            return False
-        except Exception:
-            log.failure("error in the compiled lanes")
-            return False
-        _run(later)
-        if rest:
-            self._serve(rest)
-        return bool(rest or later or served)
 
     def _serve(self, events: list[tuple[int, int]]) -> None:
         """Read and handle a datagram for each of ``events``."""
         handlers = self._handlers
-        if self._lanes:
-            events = self._serve_lanes(events)
+        if self.lanes is not None and self.lanes.table:
+            events = self.lanes.serve(events)
         for fd, _ in events:
             entry = handlers.get(fd)
             if entry is None:
@@ -292,38 +264,10 @@ class SessionSockets:
             except Exception:
                 log.failure("error handling a datagram from {addr!r}", addr=addr)
 
-    def _serve_lanes(self, events: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """Let the lanes serve their sockets' datagrams; the events left."""
-        try:
-            rest, later = _speedups.serve(events, self._lanes, _lane_failed)
-        except Exception:
-            # Only a failure to allocate gets here: this batch's datagrams
-            # are lost packets, which the sessions' timers resend.
-            log.failure("error in the compiled lanes")
-            return []
-        _run(later)
-        return rest
-
     def drain(self, sock: socket.socket, limit: int) -> bool:
         """Serve what already waits on ``sock`` in its lane, if it has one;
         whether it has."""
-        fd = sock.fileno()
-        lane = self._lanes.get(fd)
-        if lane is None:
-            return False
-        take = lane.drain
-        # In order: a datagram handed back is taken before the ones behind it.
-        while limit > 0 and self._lanes.get(fd) is lane:
-            try:
-                later, read, more = take(limit, _lane_failed)
-            except Exception:
-                log.failure("error in the compiled lanes")
-                return True
-            _run(later)
-            if not more:
-                break
-            limit -= read
-        return True
+        return self.lanes is not None and self.lanes.drain(sock.fileno(), limit)
 
     def _listen(self) -> None:
         """Serve the listening ports ahead of the session sockets still ready."""
@@ -338,24 +282,11 @@ class SessionSockets:
 
     def shutdown(self) -> None:
         self.reactor.removeReader(self)
+        if self.lanes is not None:
+            self.lanes.shutdown()
         for sock, _ in list(self._handlers.values()):
             if sock is not None:
                 self.close(sock)
         self._handlers.clear()
         self._listeners.clear()
-        self._lanes.clear()
         self._ep.close()
-
-
-def _lane_failed(exc: BaseException, _: None) -> None:
-    log.failure("error in a compiled lane", Failure(exc))
-
-
-def _run(later: list[tuple[Callable[[Any, Any], object], Any, Any]]) -> None:
-    """Make the calls a lane left to Python: a datagram handed back, or a
-    timer to re-arm."""
-    for call, a, b in later:
-        try:
-            call(a, b)
-        except Exception:
-            log.failure("error handling a datagram")

@@ -229,7 +229,7 @@ class TFTPProtocol(DatagramProtocol):
         """The poller of session sockets, made on first use."""
         if self._sockets is None:
             cfg = self.config
-            self._sockets = SessionSockets(self._reactor, cfg.busy_poll, cfg.time_slice)
+            self._sockets = SessionSockets(self._reactor, cfg.busy_poll, cfg.time_slice, timers=self.clock)
         return self._sockets
 
     def _link(self, session: Session[Any], sock: socket.socket | None) -> Link:

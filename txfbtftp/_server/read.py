@@ -47,7 +47,7 @@ class ReadSession(Session[ReadMachine]):
         self._pump(machine, now)
         # Only a class that declares it (not a subclass that may read otherwise).
         if not self._closed and vars(type(self.reader)).get("LANE") is True and machine.rollover == 0:
-            self.link.open_lane(self, machine, self.reader)
+            self._link_keeps_time = self.link.open_lane(self, machine, self.reader)
 
     def _release(self, outcome: Any) -> None:
         if self.reader is not None:

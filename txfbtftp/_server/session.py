@@ -7,8 +7,9 @@ way in), negotiates the options and starts a machine from
 a backend's answer) runs the machine with one outbox, and what the step put
 in it goes out in one batch through the link.  :class:`Session` holds what
 both directions share: waiting on the backend (it must answer within the
-watchdog's patience), the session's slot in the host's timer wheel, and the
-end (the record, releasing the file and the link).  Until the client has
+watchdog's patience), the session's deadline (a slot in the host's timer
+wheel, or kept by the link when a compiled lane serves the session), and
+the end (the record, releasing the file and the link).  Until the client has
 proved it is there, what goes to it passes its address's budget (a
 :class:`~txfbtftp._server.buckets.Gate`): a forged request costs its victim
 little.  The backend is given the request's clean name
@@ -71,7 +72,10 @@ class _Unlinked:
     def drain(self) -> None:
         pass
 
-    def open_lane(self, session: Any, machine: Any, reader: Any) -> None:
+    def open_lane(self, session: Any, machine: Any, reader: Any) -> bool:
+        return False
+
+    def keep_deadline(self, deadline: float) -> None:
         pass
 
     def close(self) -> None:
@@ -104,6 +108,7 @@ class Session(Generic[_M]):
         self._out: Outbox = []
         self._slot: int | None = None    # where the session waits in the timer wheel
         self._slot_start = 0.0
+        self._link_keeps_time = False    # or the link does (a compiled lane)
         self._wait = BackendWait(host.clock, host.config.schedule.total, self._stalled)
         self._closed = False
         #: Until the client proves it is there, what goes to it is budgeted.
@@ -257,19 +262,24 @@ class Session(Generic[_M]):
             self._close(m.outcome, m.error_code, m.error_message)
             return
         deadline = m.deadline
-        if deadline is not None and (self._slot is None or deadline < self._slot_start):
+        if deadline is not None and self._link_keeps_time:
+            self.link.keep_deadline(deadline)
+        elif deadline is not None and (self._slot is None or deadline < self._slot_start):
             wheel = self.host.wheel
             self._slot = wheel.arm(self, deadline)
             self._slot_start = wheel.start_of(self._slot)
 
     def wheel_fired(self, slot: int, now: float) -> None:
         """Our slot in the timer wheel came: is the deadline really here?"""
-        m = self.machine
-        if slot != self._slot or self._closed or m is None:
-            return  # an entry left behind when the deadline moved earlier
-        self._slot = None
-        # The slot ends at or after the deadline; a float's last bit must not
-        # send the session round the wheel again.
+        if slot == self._slot and self.machine is not None:  # else left behind: the deadline moved earlier
+            self._slot = None
+            self.deadline_came(self.machine, now)
+
+    def deadline_came(self, m: Machine, now: float) -> None:
+        """The wheel, or the link that keeps our deadline, says it has come.
+        Told at or after it, a float's last bit must not make it early."""
+        if self._closed or self.machine is not m:
+            return
         if m.deadline is not None and now + 1e-6 >= m.deadline:
             # Under load the answer is often there, unread: read it before
             # deciding it was lost.
