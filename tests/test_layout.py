@@ -26,17 +26,18 @@ LAYERS = {
     "_interfaces": {"_protocol"},
     "_types": set(),
     "_version": set(),
+    "_wait": set(),
     "_lifecycle": {"_interfaces"},
     "_netascii": {"_protocol", "_interfaces"},
     "_observe": {"_protocol", "_net.address", "_interfaces"},
     "_net": {"_protocol", "_observe.logs"},
     "_backends": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_types"},
-    "_server": {"_protocol", "_interfaces", "_lifecycle", "_netascii", "_observe", "_net", "_types"},
+    "_server": {"_protocol", "_interfaces", "_lifecycle", "_netascii", "_observe", "_net", "_types", "_wait"},
     "_daemon": {"_protocol", "_interfaces", "_lifecycle", "_observe", "_net", "_server", "_backends", "_types",
                 "_version", "client"},
     "testing": {"_protocol", "_interfaces", "_observe", "_server", "_types"},
     # The client: the machines, the seams, records, batched sends; never the server.
-    "client": {"_protocol", "_interfaces", "_netascii", "_observe", "_net", "_types"},
+    "client": {"_protocol", "_interfaces", "_netascii", "_observe", "_net", "_types", "_wait"},
 }
 MAX_CLASS_LINES = 250
 

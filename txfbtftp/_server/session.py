@@ -39,7 +39,7 @@ from txfbtftp._protocol.paths import normalize
 from txfbtftp._protocol.schedule import RTOEstimator, Watchdog
 from txfbtftp._server.buckets import Gate, UnverifiedBudget
 from txfbtftp._server.config import ServerConfig
-from txfbtftp._server.stall import BackendWait
+from txfbtftp._wait import PendingCall
 from txfbtftp._server.timers import Wheel
 
 MODES = ("octet", "netascii")
@@ -109,7 +109,7 @@ class Session(Generic[_M]):
         self._slot: int | None = None    # where the session waits in the timer wheel
         self._slot_start = 0.0
         self._link_keeps_time = False    # or the link does (a compiled lane)
-        self._wait = BackendWait(host.clock, host.config.schedule.total, self._stalled)
+        self._wait = PendingCall(host.clock, host.config.schedule.total, self._stalled)
         self._closed = False
         #: Until the client proves it is there, what goes to it is budgeted.
         self._gate: Gate | None = Gate(host.budget, key[0], host.stats)

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from txfbtftp._interfaces import IReader, IWriter
 from txfbtftp._protocol import errors
 from txfbtftp._protocol.client import ClientTransfer
+from txfbtftp._wait import PendingCall, take
 
 #: ``progress(bytes_so_far, total_or_None)``, called as blocks move.
 Progress = Callable[[int, "int | None"], object]
@@ -45,7 +46,6 @@ class FileSide:
         self.transfer = transfer
         self.reader = reader
         self.writer = writer
-        self.pending: Deferred[Any] | None = None
         self.released = False
         self.held = False
         self._queue: deque[bytes] = deque()
@@ -54,7 +54,12 @@ class FileSide:
         self._failed = failed
         self._progress = progress
         self._hold = hold
-        self._stall: IDelayedCall | None = None
+        self._call = PendingCall(clock, transfer.schedule.total, self._stalled)
+
+    @property
+    def pending(self) -> Deferred[Any] | None:
+        """The read or write waited on, if any."""
+        return self._call.pending
 
     @property
     def busy(self) -> bool:
@@ -77,10 +82,9 @@ class FileSide:
         if isinstance(result, Deferred):
             # One that has fired already is taken here, not in a callback: a
             # queue of them drains in the loop below, not in a recursion.
-            box: list[object] = []
-            result.addBoth(box.append)
+            box = take(result)
             if not box:
-                self._wait(result)
+                self._call.wait_for(result)
                 result.addCallback(lambda _: self._written(box[0]))
             elif isinstance(box[0], Failure):
                 self._failed(box[0])
@@ -90,7 +94,7 @@ class FileSide:
 
     def _written(self, outcome: object) -> None:
         """A pending write settled with ``outcome``: write what waits behind it."""
-        self._done()
+        self._call.done()
         if isinstance(outcome, Failure):
             self._failed(outcome)
             return
@@ -130,16 +134,15 @@ class FileSide:
     def _settle(self, d: Deferred[bytes]) -> bytes | Failure | None:
         """What ``d`` fired with, if it has (taken here, not in a callback: no
         recursion); else None, and :meth:`_read_done` follows."""
-        box: list[bytes | Failure] = []
-        d.addBoth(box.append)
+        box = take(d)
         if box:
             return box[0]
-        self._wait(d)
+        self._call.wait_for(d)
         d.addCallback(lambda _: self._read_done(box[0]))
         return None
 
     def _read_done(self, data: bytes | Failure) -> None:
-        self._done()
+        self._call.done()
         if self.released:
             return
         if isinstance(data, Failure):
@@ -147,20 +150,8 @@ class FileSide:
             return
         self._resume(bytes(data))
 
-    def _wait(self, d: Deferred[Any]) -> None:
-        """``d`` is pending: it has the schedule's patience to settle."""
-        self.pending = d
-        self._stall = self.clock.callLater(self.transfer.schedule.total, self._stalled)
-
-    def _done(self) -> None:
-        self.pending = None
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
-
-    def _stalled(self) -> None:
-        self._stall = None
-        if self.pending is not None and not self.released:
+    def _stalled(self, _: Deferred[Any]) -> None:
+        if not self.released:
             what = "read" if self.transfer.write else "write"
             self._failed(Failure(errors.TFTPError("The local %s did not finish in %gs"
                                                   % (what, self.transfer.schedule.total))))
@@ -173,7 +164,7 @@ class FileSide:
     def commit(self) -> Deferred[Any]:
         """Every byte moved: close the reader, commit the writer."""
         self.released = True
-        self._done()
+        self._call.done()
         if self.reader is not None:
             self.reader.close()
         return maybeDeferred(self.writer.commit) if self.writer is not None else succeed(None)
@@ -183,7 +174,7 @@ class FileSide:
         if self.released:
             return
         self.released = True
-        self._done()
+        self._call.done()
         self._queue.clear()
         self._queued = 0
         if self.reader is not None:
