@@ -402,7 +402,7 @@ def _park(ep, reactor, timeout):
     from txfbtftp import _speedups
     start = time.monotonic()
     result = _speedups.park(ep.fileno(), reactor.fileno(), {}, lambda exc, _: None, timeout, _speedups.Deadlines(),
-                            time.time)
+                            time.time, 0.0)
     return result, time.monotonic() - start
 
 
@@ -486,7 +486,8 @@ def test_a_park_that_cannot_turn_the_reactors_epoll_changes_nothing(parked):
     ep, sock, reactor, _, client = parked
     stranger = select.epoll()  # does not hold the poller's epoll
     with pytest.raises(OSError):
-        _speedups.park(ep.fileno(), stranger.fileno(), {}, lambda exc, _: None, 1.0, _speedups.Deadlines(), time.time)
+        _speedups.park(ep.fileno(), stranger.fileno(), {}, lambda exc, _: None, 1.0, _speedups.Deadlines(), time.time,
+                       0.0)
     stranger.close()
     _nested_as_before(ep, reactor, sock, client)
 
@@ -526,6 +527,42 @@ def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, s
 
 
 @compiled
+@pytest_twisted.inlineCallbacks
+def test_a_quick_client_gets_the_pollers_busy_polling_back(root, tmp_path, serve):
+    """A park ends once a datagram comes sooner than the busy polling would
+    have waited for it: a quick client's ACKs are then caught by polling,
+    without a sleep and a wake-up each, rather than served in the park,
+    even after a slow client had the polling turned off."""
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    blocks = 600
+    data = os.urandom(512 * blocks)
+    (root / "big.bin").write_bytes(data)
+    svc = serve(busy_poll=0.005)  # generous: a Python client under load answers well within it
+    sockets = svc.protocols[0].sockets
+    lanes = sockets.lanes
+    opening = lanes.open
+
+    def open_lane(*args):
+        sockets.spin.budget = 0.0  # as a slow client would have left it
+        return opening(*args)
+    lanes.open = open_lane
+    parked = []
+    real = lanes._park
+    lanes._park = lambda *args: (lambda result: parked.append(result[2]) or result)(real(*args))
+    port = svc.protocols[0].transport.getHost().port
+    out = tmp_path / "got.bin"
+    _, err, code = yield getProcessOutputAndValue(
+        sys.executable, ["-m", "txfbtftp", "get", "-q", "-b", "512", "-o", str(out),
+                         f"tftp://127.0.0.1:{port}/big.bin"], env=dict(os.environ))
+    assert code == 0, err
+    assert out.read_bytes() == data
+    assert sum(parked) < blocks / 4
+
+
+@compiled
 @pytest.mark.parametrize("reactor_busy", [False, True], ids=["reactor-idle", "reactor-busy"])
 def test_busy_lanes_let_the_reactor_in_at_once(root, reactor_busy):
     """A parked poller keeps serving lanes that stay busy, but not once the
@@ -548,7 +585,7 @@ def test_busy_lanes_let_the_reactor_in_at_once(root, reactor_busy):
             os.write(w, b"x")
         its = twin.sockets.lanes
         rest, later, served = _speedups.park(twin.sockets.fileno(), reactor.fileno(), its.table,
-                                             lambda exc, _: None, 0.5, its.deadlines, twin.clock.seconds)
+                                             lambda exc, _: None, 0.5, its.deadlines, twin.clock.seconds, 0.0)
         assert rest == [] and later == []
         assert served <= 1 if reactor_busy else served == 200
         assert twin.session.machine._acked == 2 + served
@@ -679,3 +716,100 @@ def test_a_lanes_lost_ack_is_answered_after_its_round_trip_timeout(root, serve):
     first, again = came[30]
     assert 0.04 <= again - first < 0.6
     assert all(len(came[n]) == 1 for n in came if n != 30)
+
+
+def _lane_under_way(root):
+    """A Twin whose download has a lane with its deadline filed, and a
+    reactor-like epoll holding the poller's."""
+    (root / "big.bin").write_bytes(os.urandom(400 * 512))
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    reactor_ep = select.epoll()
+    reactor_ep.register(twin.sockets.fileno(), select.EPOLLIN)
+    twin.request("big.bin", {})
+    twin.send(packet.ack(1))
+    twin.send(packet.ack(2))
+    assert len(twin.sockets.lanes.deadlines) == 1
+    return twin, reactor_ep
+
+
+@compiled
+def test_a_deadline_taken_off_when_a_park_fails_is_filed_again(root):
+    """The park took a come deadline off the heap, then could not give the
+    reactor its epoll back: the report is lost with the failure, so the
+    lane is filed again, and the session still retransmits."""
+    from txfbtftp import _speedups
+    twin, reactor_ep = _lane_under_way(root)
+    lanes, m = twin.sockets.lanes, twin.session.machine
+    read = []
+
+    def seconds():
+        read.append(1)
+        if len(read) == 1:
+            return m.deadline - 0.01  # the deadline 10 ms away
+        if len(read) == 2:  # it has come; the reactor's epoll can no longer take the poller's back
+            r, _ = os.pipe()
+            os.dup2(r, reactor_ep.fileno())
+        return m.deadline + 0.001
+    lanes._park, lanes._reactor_ep, lanes._timeout = _speedups.park, reactor_ep, lambda: None
+    lanes.timers = type("Timers", (), {"seconds": staticmethod(seconds)})
+    try:
+        assert lanes.park() == ([], False)
+        assert lanes._park is None  # no more parking
+        assert len(lanes.deadlines) == 1
+        lanes.timers = twin.clock
+        before = len(twin.received()[0])
+        twin.advance(10)
+        lanes.look()
+        assert len(twin.received()[0]) > before  # the window was sent again
+    finally:
+        twin.close()
+
+
+@compiled
+def test_a_park_survives_the_sessions_clock_set_back(root):
+    """The park converts the sessions' clock to the monotonic one; set back
+    meanwhile, it is measured again rather than polled every millisecond."""
+    from txfbtftp import _speedups
+    twin, reactor_ep = _lane_under_way(root)
+    m = twin.session.machine
+    read = []
+
+    def seconds():
+        read.append(1)
+        return m.deadline - 0.02 if len(read) == 1 else m.deadline - 30.0
+    try:
+        lanes = twin.sockets.lanes
+        assert _speedups.park(twin.sockets.fileno(), reactor_ep.fileno(), lanes.table, lambda e, _: None, 0.3,
+                              lanes.deadlines, seconds, 0.0) == ([], [], 0)
+        assert len(read) <= 3
+    finally:
+        twin.close()
+        reactor_ep.close()
+
+
+@compiled
+def test_an_alarm_cancelled_to_park_does_not_cut_the_parks_after_it_short():
+    """Twisted counts a cancelled call in ``timeout()`` until it is due; a
+    park after the first must not end, with nothing to do, at the alarm
+    the poller left while it was away."""
+    from twisted.internet import reactor
+    sockets = SessionSockets(reactor, busy_poll=0)
+    sock = sockets.bind(socket.AF_INET, "127.0.0.1", [0])
+    sockets.register(sock, lambda data, addr: None)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lanes = sockets.lanes
+    lanes.table[sock.fileno()] = object()  # a download under way: parking is worth it
+    lanes._alarm = reactor.callLater(0.3, lanes._ring)
+    reactor.timeout()  # a reactor turn: the alarm is among its timers
+    try:
+        client.sendto(b"x", sock.getsockname())  # a datagram Python must serve ends the first park
+        rest, woke = lanes.park()
+        assert rest == [(sock.fileno(), select.EPOLLIN)] and woke
+        sock.recv(10)
+        start = time.monotonic()
+        assert lanes.park() == ([], False)
+        assert time.monotonic() - start >= 0.6  # not the cancelled alarm's 0.3 s
+    finally:
+        lanes.table.clear()
+        sockets.shutdown()
+        client.close()

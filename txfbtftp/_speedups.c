@@ -984,15 +984,18 @@ deadlines_due(Deadlines *D, double now, PyObject *later)
         }
         if (nw == NULL && (nw = PyFloat_FromDouble(now)) == NULL)
             goto done;
+        Py_INCREF(L);  /* the allocations below may run the collector */
         call = PyObject_GetAttr(L->session, s_deadline_came);
         t = call ? PyTuple_Pack(3, call, L->machine, nw) : NULL;
         Py_XDECREF(call);
         if (t == NULL || PyList_Append(later, t)) {
             Py_XDECREF(t);
+            Py_DECREF(L);
             goto done;
         }
         Py_DECREF(t);
         deadlines_remove(D, L);
+        Py_DECREF(L);
     }
     r = 0;
 done:
@@ -1030,6 +1033,36 @@ Deadlines_keep(Deadlines *self, PyObject *args)
     }
     if (deadlines_set(self, L, at))
         return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Deadlines.refile(lanes): file again every lane of ``lanes`` (a dict)
+ * that has a deadline and no entry, after a failure that may have lost
+ * the calls that would have filed it (a deadline taken off, then the
+ * report of it dropped). */
+static PyObject *
+Deadlines_refile(Deadlines *self, PyObject *lanes)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    if (!PyDict_Check(lanes)) {
+        PyErr_SetString(PyExc_TypeError, "a dict of lanes");
+        return NULL;
+    }
+    while (PyDict_Next(lanes, &pos, &key, &value)) {
+        Lane *L = (Lane *)value;
+        PyObject *d;
+        double at;
+        if (!Py_IS_TYPE(value, &LaneType) || L->deadlines != self || L->slot >= 0 || L->mdict == NULL)
+            continue;
+        d = dget(L->mdict, s_deadline);
+        if (d == NULL || d == Py_None || ((at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
+            PyErr_Clear();
+            continue;
+        }
+        if (deadlines_set(self, L, at))
+            return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1086,6 +1119,7 @@ Deadlines_dealloc(Deadlines *self)
 static PyMethodDef deadlines_methods[] = {
     {"keep", (PyCFunction)Deadlines_keep, METH_VARARGS, "Keep the lane's deadline at the time given."},
     {"forget", (PyCFunction)Deadlines_forget, METH_O, "Keep the lane's deadline no more."},
+    {"refile", (PyCFunction)Deadlines_refile, METH_O, "File again the lanes of a dict that have a deadline and no entry."},
     {"due", (PyCFunction)Deadlines_due, METH_O,
      "Take the lanes whose deadline has come by now off; their (session.deadline_came, machine, now)."},
     {NULL, NULL, 0, NULL},
@@ -1212,7 +1246,8 @@ nest(int inner, int reactor, int parked)
     return epoll_ctl(reactor, EPOLL_CTL_ADD, inner, &ev);
 }
 
-/* park(epfd, other, lanes, failed, timeout, deadlines, seconds) -> (rest, later, served)
+/* park(epfd, other, lanes, failed, timeout, deadlines, seconds, quick)
+ *   -> (rest, later, served)
  *
  * Sleep until the poller's epoll (epfd) or the reactor's (other, which
  * holds epfd as a reader) has something, for at most ``timeout`` seconds,
@@ -1221,9 +1256,11 @@ nest(int inner, int reactor, int parked)
  * clock, ``seconds``).  Returns when Python has work: an event of a
  * descriptor without a lane (rest), a call to make (later: a datagram
  * handed back, a deadline come), the reactor's descriptors ready, a signal,
- * or the time up; ``served`` is how many datagrams the lanes took
- * meanwhile.  The GIL is released while asleep, so the reactor's threads
- * run. */
+ * or the time up; and once the lanes have served a datagram that came
+ * within ``quick`` seconds of the park or of the one before (a spin that
+ * long would have caught it: the poller's busy polling pays again).  ``served`` is how many
+ * datagrams the lanes took meanwhile.  The GIL is released while asleep,
+ * so the reactor's threads run. */
 static PyObject *
 park(PyObject *module, PyObject *args)
 {
@@ -1234,8 +1271,10 @@ park(PyObject *module, PyObject *args)
     Deadlines *D;
     unsigned char *buf;
     struct epoll_event evs[BATCH];
-    if (!PyArg_ParseTuple(args, "iiO!OdO!O", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout,
-                          &DeadlinesType, &D, &seconds))
+    double quick, prev;
+    long before = 0;
+    if (!PyArg_ParseTuple(args, "iiO!OdO!Od", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout,
+                          &DeadlinesType, &D, &seconds, &quick))
         return NULL;
     rest = PyList_New(0);
     later = PyList_New(0);
@@ -1250,7 +1289,8 @@ park(PyObject *module, PyObject *args)
         goto done;
     }
     parked = 1;
-    deadline = monotonic() + timeout;
+    prev = monotonic();
+    deadline = prev + timeout;
     if (clock_now(seconds, &skew))
         goto done;
     skew -= monotonic();  /* the sessions' clock, less the monotonic one */
@@ -1263,6 +1303,7 @@ park(PyObject *module, PyObject *args)
                 goto done;
             if (PyList_GET_SIZE(later))
                 break;
+            skew = now - t;  /* nothing came: the sessions' clock may have been set back */
             due = deadlines_next(D) - skew;
         }
         if (t >= deadline)
@@ -1309,6 +1350,13 @@ park(PyObject *module, PyObject *args)
         }
         if (reactor || PyList_GET_SIZE(rest) || PyList_GET_SIZE(later))
             break;
+        if (served > before) {
+            double now = monotonic();
+            if (now - prev <= quick)
+                break;
+            prev = now;
+            before = served;
+        }
     }
     result = Py_BuildValue("(OOl)", rest, later, served);
 done:

@@ -55,16 +55,21 @@ class Lanes:
     """The lanes of one poller (whose epoll is ``epoll``), by descriptor."""
 
     def __init__(self, speedups: Any, reactor: IReactorFDSet, timers: IReactorTime, epoll: select.epoll,
-                 sender: Any) -> None:
+                 sender: Any, quick: float = 0.0) -> None:
         self._speedups = speedups
         self.reactor = reactor
         self.timers = timers
         self._ep = epoll
         self._sender = sender
+        #: A park ends once a datagram comes this soon: busy polling would catch the next.
+        self.quick = quick
         self.table: dict[int, Any] = {}
         self.deadlines = speedups.Deadlines()
         #: The reactor timer for the earliest deadline while the poller is away.
         self._alarm: IDelayedCall | None = None
+        #: When the latest alarm cancelled to park was set for (Twisted's
+        #: ``timeout()`` counts a cancelled call until then).
+        self._cancelled = 0.0
         self.reading = False
         # Parking needs the epoll reactor: its epoll is private, but it is
         # what says when to stop.
@@ -108,8 +113,8 @@ class Lanes:
             rest, later = self._speedups.serve(events, self.table, _lane_failed)
         except Exception:
             # Only a failure to allocate gets here: this batch's datagrams
-            # are lost packets, which the sessions' timers resend.
-            log.failure("error in the compiled lanes")
+            # are lost packets, which the sessions' deadlines resend.
+            self._failed()
             return []
         _run(later)
         return rest
@@ -120,7 +125,25 @@ class Lanes:
         if deadlines:
             now = self.timers.seconds()
             if deadlines.next <= now:
-                _run(deadlines.due(now))
+                try:
+                    later = deadlines.due(now)
+                except Exception:
+                    self._failed()
+                    return
+                _run(later)
+
+    def _failed(self) -> None:
+        log.failure("error in the compiled lanes")
+        self._refile()
+
+    def _refile(self) -> None:
+        """A call into the compiled module failed: the reports it was to
+        make are lost, and with them maybe a deadline it took off the heap;
+        file every lane's again."""
+        try:
+            self.deadlines.refile(self.table)
+        except Exception:
+            log.failure("the compiled lanes could not file their deadlines again")
 
     def away(self) -> None:
         """The poller goes back to the reactor: one timer for the earliest deadline."""
@@ -151,14 +174,14 @@ class Lanes:
         park = self._park
         if park is None or getattr(self.reactor, "_stopped", False):
             return [], False  # no parking, or stop() was called: the reactor must get on with it
-        timeout = self._timeout() if self._alarm is None else self._without_alarm()
+        timeout = self._reactor_timeout()
         if timeout is not None and timeout <= 0:
             return [], False  # a timer is due: only the reactor can run it
         limit = PARK if getattr(self.reactor, "running", False) else PARK_ITERATE
         try:
             rest, later, served = park(self._ep.fileno(), self._reactor_ep.fileno(), self.table, _lane_failed,
                                        limit if timeout is None else min(timeout, limit), self.deadlines,
-                                       self.timers.seconds)
+                                       self.timers.seconds, self.quick)
         except OSError:
             # The reactor's epoll could not be changed (or changed back):
             # no more parking, and the poller back among its readers.
@@ -168,24 +191,33 @@ class Lanes:
                 self._reactor_ep.register(self._ep.fileno(), select.EPOLLIN)
             except FileExistsError:
                 pass
+            except OSError:
+                log.failure("the session poller could not go back among the reactor's readers")
+            self._refile()
             return [], False
         except Exception:
-            log.failure("error in the compiled lanes")
+            self._failed()
             return [], False
         _run(later)
         return rest, bool(rest or later or served)
 
-    def _without_alarm(self) -> float | None:
-        """The reactor's timeout, less the alarm set while the poller was
-        away: the park keeps the deadlines itself, and the reactor's
-        ``timeout()`` still counts a cancelled call until it runs."""
+    def _reactor_timeout(self) -> float | None:
+        """How long the reactor may wait, less the alarm set while the
+        poller was away: the park keeps the deadlines itself, and Twisted's
+        ``timeout()`` counts a cancelled call until it is due."""
         alarm, self._alarm = self._alarm, None
         if alarm is not None and alarm.active():
             alarm.cancel()
-        calls = cast(IReactorTime, self.reactor).getDelayedCalls()
-        if not calls:
-            return None
-        return max(0.0, min(c.getTime() for c in calls) - cast(IReactorTime, self.reactor).seconds())
+            if self.timers is cast(IReactorTime, self.reactor):  # else the reactor never counted it
+                self._cancelled = max(self._cancelled, alarm.getTime())
+        if self._cancelled:
+            reactor = cast(IReactorTime, self.reactor)
+            now = reactor.seconds()
+            if self._cancelled > now:
+                calls = reactor.getDelayedCalls()
+                return max(0.0, min(c.getTime() for c in calls) - now) if calls else None
+            self._cancelled = 0.0
+        return self._timeout()
 
     def drain(self, fd: int, limit: int) -> bool:
         """Serve what already waits on ``fd`` in its lane, if it has one;

@@ -62,9 +62,10 @@ class Spin:
     """How long to keep polling after traffic, learnt from the clients' pace.
 
     A spin that catches the next datagram saves a trip through the reactor;
-    one that comes up empty burns CPU for nothing.  When the reactor wakes
-    the poller, the time since the last datagram says whether a spin of
-    ``ceiling`` would have caught this one: if so the budget doubles (from
+    one that comes up empty burns CPU for nothing.  When the poller wakes
+    (from the reactor, or a park that a quick datagram ended), the time
+    since the last datagram says whether a spin of ``ceiling`` would have
+    caught this one: if so the budget doubles (from
     an eighth of ``ceiling``, up to it), else it halves, and below that
     eighth it is none.  A lock-step client across a WAN then costs a few
     wasted spins, not one per block, and a fast one gets its spin back
@@ -118,7 +119,8 @@ class SessionSockets:
         #: The listening ports' readers, by descriptor.
         self._listeners: dict[int, Callable[[], object]] = {}
         #: The compiled lanes, where the module is built.
-        self.lanes = Lanes(_speedups, reactor, self.timers, self._ep, self.sender) if Lane is not None else None
+        self.lanes = (Lanes(_speedups, reactor, self.timers, self._ep, self.sender, busy_poll)
+                      if Lane is not None else None)
         reactor.addReader(self)
 
     def watch(self, reader: IReadDescriptor) -> None:
