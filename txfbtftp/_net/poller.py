@@ -231,7 +231,7 @@ class SessionSockets:
                     if not woke:
                         return
                     if rest:
-                        self._serve(rest)
+                        self._handle(rest)  # what the park left: no lane's
                     last = now = clock()
                     spin.woke(now)
                     end = now + self.time_slice
@@ -243,9 +243,13 @@ class SessionSockets:
 
     def _serve(self, events: list[tuple[int, int]]) -> None:
         """Read and handle a datagram for each of ``events``."""
-        handlers = self._handlers
         if self.lanes is not None and self.lanes.table:
             events = self.lanes.serve(events)
+        self._handle(events)
+
+    def _handle(self, events: list[tuple[int, int]]) -> None:
+        """The same, for descriptors without a lane."""
+        handlers = self._handlers
         for fd, _ in events:
             entry = handlers.get(fd)
             if entry is None:
