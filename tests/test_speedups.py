@@ -16,6 +16,7 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from txfbtftp import FilesystemBackend, ServerConfig
@@ -492,6 +493,23 @@ def test_a_park_that_cannot_turn_the_reactors_epoll_changes_nothing(parked):
     _nested_as_before(ep, reactor, sock, client)
 
 
+@defer.inlineCallbacks
+def _download(svc, tmp_path, data):
+    """``big.bin`` from ``svc`` through the client, in a process of its own:
+    as quick a client as Python makes."""
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    out = tmp_path / "got.bin"
+    _, err, code = yield getProcessOutputAndValue(
+        sys.executable, ["-m", "txfbtftp", "get", "-q", "-b", "512", "-o", str(out),
+                         f"tftp://127.0.0.1:{svc.protocols[0].transport.getHost().port}/big.bin"],
+        env=dict(os.environ))
+    assert code == 0, err
+    assert out.read_bytes() == data
+
+
 @compiled
 @pytest_twisted.inlineCallbacks
 def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, serve):
@@ -499,10 +517,6 @@ def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, s
     trip through the reactor; parked in the compiled module, the poller
     serves them there, and the reactor sees a few (its timers, the last
     ACK)."""
-    import sys
-
-    from twisted.internet.utils import getProcessOutputAndValue
-
     blocks = 600
     data = os.urandom(512 * blocks)
     (root / "big.bin").write_bytes(data)
@@ -516,13 +530,7 @@ def test_an_idle_poller_sleeps_in_the_lanes_not_in_the_reactor(root, tmp_path, s
         entered.append(1)
         through_the_reactor()
     sockets.doRead = doRead
-    port = svc.protocols[0].transport.getHost().port
-    out = tmp_path / "got.bin"
-    _, err, code = yield getProcessOutputAndValue(
-        sys.executable, ["-m", "txfbtftp", "get", "-q", "-b", "512", "-o", str(out),
-                         f"tftp://127.0.0.1:{port}/big.bin"], env=dict(os.environ))
-    assert code == 0, err
-    assert out.read_bytes() == data
+    yield _download(svc, tmp_path, data)
     assert len(entered) < blocks / 4
 
 
@@ -533,10 +541,6 @@ def test_a_quick_client_gets_the_pollers_busy_polling_back(root, tmp_path, serve
     have waited for it: a quick client's ACKs are then caught by polling,
     without a sleep and a wake-up each, rather than served in the park,
     even after a slow client had the polling turned off."""
-    import sys
-
-    from twisted.internet.utils import getProcessOutputAndValue
-
     blocks = 600
     data = os.urandom(512 * blocks)
     (root / "big.bin").write_bytes(data)
@@ -552,13 +556,7 @@ def test_a_quick_client_gets_the_pollers_busy_polling_back(root, tmp_path, serve
     parked = []
     real = lanes._park
     lanes._park = lambda *args: (lambda result: parked.append(result[2]) or result)(real(*args))
-    port = svc.protocols[0].transport.getHost().port
-    out = tmp_path / "got.bin"
-    _, err, code = yield getProcessOutputAndValue(
-        sys.executable, ["-m", "txfbtftp", "get", "-q", "-b", "512", "-o", str(out),
-                         f"tftp://127.0.0.1:{port}/big.bin"], env=dict(os.environ))
-    assert code == 0, err
-    assert out.read_bytes() == data
+    yield _download(svc, tmp_path, data)
     assert sum(parked) < blocks / 4
 
 
