@@ -187,3 +187,33 @@ def test_a_worker_killed_mid_transfer_loses_nobody_elses_transfers(servers, tmp_
     assert fetch_all(port, 6, 8, pause=0) == [concurrency.pattern(8)] * 6
     page = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics, timeout=10).read().decode()
     assert "tftp_sessions_lost_total %.1f" % lost in page
+
+
+def test_an_idle_worker_tells_the_main_process_nothing():
+    """Ten reports a second would wake the main process (and end its parks)
+    for nothing: a worker reports only new records, counters or a change
+    in its active sessions."""
+    from types import SimpleNamespace
+
+    from txfbtftp._daemon.worker import _Reporter
+    from txfbtftp._observe.stats import ServerStats
+
+    sent = []
+    channel = SimpleNamespace(records=[], send=sent.append)
+    stats = ServerStats()
+    report = _Reporter(channel, SimpleNamespace(stats=stats))
+    report()
+    assert sent == [{"records": [], "counters": {}, "active": 0}]  # the first says where it stands
+    report()
+    report()
+    assert len(sent) == 1
+    stats.increment_counter("errors_suppressed")
+    report()
+    stats.active = 2
+    report()
+    channel.records.append({"client": "192.0.2.1"})
+    report()
+    report()
+    assert sent[1:] == [{"records": [], "counters": {"errors_suppressed": 1}, "active": 0},
+                        {"records": [], "counters": {}, "active": 2},
+                        {"records": [{"client": "192.0.2.1"}], "counters": {}, "active": 2}]

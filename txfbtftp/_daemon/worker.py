@@ -115,23 +115,38 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
     # Said once the reactor runs, after the handlers are installed: the main
     # process signals a worker (SIGTERM, SIGHUP) only once it knows its pid.
     reactor.callWhenRunning(channel.send, {"hello": os.getpid(), "worker": number})
-    loop = LoopingCall(_report, channel, svc)
+    report = _Reporter(channel, svc)
+    loop = LoopingCall(report)
     loop.clock = reactor
     loop.start(REPORT_INTERVAL, now=False)
 
     def stop() -> Deferred[None]:
         loop.stop()
-        return svc.stopService().addCallback(lambda _: _report(channel, svc)).addCallback(lambda _: channel.close())
+        return svc.stopService().addCallback(lambda _: report()).addCallback(lambda _: channel.close())
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     return 0
 
 
-def _report(channel: Channel, svc: TFTPService) -> None:
-    records, channel.records = channel.records, []
-    channel.send({"records": records, "counters": svc.stats.get_and_reset_all_counters(),
-                  "active": svc.stats.active})
+class _Reporter:
+    """Tells the main process the worker's new session records, counters
+    and active sessions; nothing while there is nothing new, so an idle
+    worker does not wake it (nor a main process serving a WAN download
+    parked between blocks) ten times a second."""
+
+    def __init__(self, channel: Channel, svc: TFTPService) -> None:
+        self._channel = channel
+        self._stats = svc.stats
+        self._active: int | None = None
+
+    def __call__(self) -> None:
+        channel, stats = self._channel, self._stats
+        records, channel.records = channel.records, []
+        counters = {name: value for name, value in stats.get_and_reset_all_counters().items() if value}
+        if records or counters or stats.active != self._active:
+            self._active = stats.active
+            channel.send({"records": records, "counters": counters, "active": stats.active})
 
 
 if __name__ == "__main__":
