@@ -1147,6 +1147,17 @@ static PyTypeObject DeadlinesType = {
     .tp_dealloc = (destructor)Deadlines_dealloc,
 };
 
+/* The lane of descriptor ``fdo`` in ``lanes`` serves its datagram: 1, or
+ * 0 when the descriptor has no lane (its event is Python's), -1 on error. */
+static int
+lane_takes(PyObject *lanes, PyObject *fdo, unsigned char *buf, PyObject *later, PyObject *failed)
+{
+    PyObject *lane = PyDict_GetItemWithError(lanes, fdo);
+    if (lane == NULL || !Py_IS_TYPE(lane, &LaneType))
+        return PyErr_Occurred() ? -1 : 0;
+    return lane_event((Lane *)lane, buf, later, failed) < 0 ? -1 : 1;
+}
+
 /* serve(events, lanes, failed) -> (rest, later)
  *
  * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
@@ -1168,19 +1179,14 @@ serve(PyObject *module, PyObject *args)
         goto error;
     n = PyList_GET_SIZE(events);
     for (i = 0; i < n; i++) {
-        PyObject *ev = PyList_GET_ITEM(events, i), *fdo, *lane_obj;
+        PyObject *ev = PyList_GET_ITEM(events, i);
+        int taken;
         if (!PyTuple_Check(ev) || PyTuple_GET_SIZE(ev) < 1) {
             PyErr_SetString(PyExc_TypeError, "events are (fd, mask)");
             goto error;
         }
-        fdo = PyTuple_GET_ITEM(ev, 0);
-        lane_obj = PyDict_GetItemWithError(lanes, fdo);
-        if (lane_obj == NULL || !Py_IS_TYPE(lane_obj, &LaneType)) {
-            if (PyErr_Occurred() || PyList_Append(rest, ev))
-                goto error;
-            continue;
-        }
-        if (lane_event((Lane *)lane_obj, buf, later, failed) < 0)
+        taken = lane_takes(lanes, PyTuple_GET_ITEM(ev, 0), buf, later, failed);
+        if (taken < 0 || (taken == 0 && PyList_Append(rest, ev)))
             goto error;
     }
     PyMem_Free(buf);
@@ -1320,7 +1326,8 @@ park(PyObject *module, PyObject *args)
             goto done;
         }
         for (i = 0; i < n; i++) {
-            PyObject *fdo, *lane;
+            PyObject *fdo, *ev;
+            int taken;
             if (evs[i].data.fd == other) {
                 reactor = 1;
                 continue;
@@ -1328,25 +1335,20 @@ park(PyObject *module, PyObject *args)
             fdo = PyLong_FromLong(evs[i].data.fd);
             if (fdo == NULL)
                 goto done;
-            lane = PyDict_GetItemWithError(lanes, fdo);
-            if (lane != NULL && Py_IS_TYPE(lane, &LaneType)) {
+            taken = lane_takes(lanes, fdo, buf, later, failed);
+            if (taken != 0) {
                 Py_DECREF(fdo);
-                if (lane_event((Lane *)lane, buf, later, failed) < 0)
+                if (taken < 0)
                     goto done;
                 served++;
-            } else {
-                PyObject *ev;
-                if (PyErr_Occurred()) {
-                    Py_DECREF(fdo);
-                    goto done;
-                }
-                ev = Py_BuildValue("(Ni)", fdo, (int)evs[i].events);
-                if (ev == NULL || PyList_Append(rest, ev)) {
-                    Py_XDECREF(ev);
-                    goto done;
-                }
-                Py_DECREF(ev);
+                continue;
             }
+            ev = Py_BuildValue("(Ni)", fdo, (int)evs[i].events);
+            if (ev == NULL || PyList_Append(rest, ev)) {
+                Py_XDECREF(ev);
+                goto done;
+            }
+            Py_DECREF(ev);
         }
         if (reactor || PyList_GET_SIZE(rest) || PyList_GET_SIZE(later))
             break;
