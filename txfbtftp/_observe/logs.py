@@ -15,6 +15,8 @@ from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, LogLev
                             eventAsText, globalLogPublisher, jsonFileLogObserver)
 from zope.interface import implementer
 
+from txfbtftp._buckets import Buckets
+
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 _observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
@@ -73,7 +75,7 @@ class LogLimiter:
         self._last: dict[str, float] = {}
         self.suppressed: dict[str, int] = {}
         self.rate = rate
-        self._level, self._since = 10 * rate, clock()
+        self._all = Buckets(clock, rate, 10 * rate, size=1) if rate else None
         #: Lines the cap on all sources held back since :meth:`take_dropped`.
         self.dropped = 0
 
@@ -83,13 +85,9 @@ class LogLimiter:
         if last is not None and now - last < self.interval:
             self.suppressed[source] = self.suppressed.get(source, 0) + 1
             return False
-        if self.rate:
-            self._level = min(10 * self.rate, self._level + (now - self._since) * self.rate)
-            self._since = now
-            if self._level < 1:
-                self.dropped += 1
-                return False
-            self._level -= 1
+        if self._all is not None and not self._all.take(""):
+            self.dropped += 1
+            return False
         if len(self._last) >= self._size:
             self._last.clear()
             self.suppressed.clear()

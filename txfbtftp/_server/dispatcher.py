@@ -30,7 +30,8 @@ from txfbtftp._observe.stats import ServerStats
 from txfbtftp._protocol import packet
 from txfbtftp._server.access import AccessRules
 from txfbtftp._server.admission import Admission, Verdict
-from txfbtftp._server.buckets import Buckets, UnverifiedBudget
+from txfbtftp._buckets import Buckets
+from txfbtftp._server.buckets import UnverifiedBudget
 from txfbtftp._server.config import ServerConfig
 from txfbtftp._server.read import ReadSession
 from txfbtftp._server.recent import RecentlyEnded
