@@ -959,6 +959,19 @@ static PyMethodDef lane_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The deadline of L's machine in *at: 1, or 0 when it has none (or none
+ * to read). */
+static int
+machine_deadline(Lane *L, double *at)
+{
+    PyObject *d = L->mdict ? dget(L->mdict, s_deadline) : NULL;
+    if (d == NULL || d == Py_None || ((*at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 /* Take the lanes whose deadline has come by ``now`` (the sessions' clock)
  * off ``D``: a (session.deadline_came, machine, now) for each in ``later``.
  * An entry whose session moved its deadline meanwhile (a Python step) is
@@ -971,10 +984,9 @@ deadlines_due(Deadlines *D, double now, PyObject *later)
     int r = -1;
     while (D->n > 0 && D->heap[0]->due <= now + 1e-6) {  /* Session._deadline's tolerance */
         Lane *L = D->heap[0];
-        PyObject *d = L->mdict ? dget(L->mdict, s_deadline) : NULL, *call, *t;
+        PyObject *call, *t;
         double at;
-        if (d == NULL || d == Py_None || ((at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
-            PyErr_Clear();
+        if (!machine_deadline(L, &at)) {
             deadlines_remove(D, L);
             continue;
         }
@@ -1051,15 +1063,9 @@ Deadlines_refile(Deadlines *self, PyObject *lanes)
     }
     while (PyDict_Next(lanes, &pos, &key, &value)) {
         Lane *L = (Lane *)value;
-        PyObject *d;
         double at;
-        if (!Py_IS_TYPE(value, &LaneType) || L->deadlines != self || L->slot >= 0 || L->mdict == NULL)
+        if (!Py_IS_TYPE(value, &LaneType) || L->deadlines != self || L->slot >= 0 || !machine_deadline(L, &at))
             continue;
-        d = dget(L->mdict, s_deadline);
-        if (d == NULL || d == Py_None || ((at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
-            PyErr_Clear();
-            continue;
-        }
         if (deadlines_set(self, L, at))
             return NULL;
     }
