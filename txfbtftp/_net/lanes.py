@@ -148,9 +148,9 @@ class Lanes:
     def away(self) -> None:
         """The poller goes back to the reactor: one timer for the earliest deadline."""
         self.reading = False
-        due = self.deadlines.next
         if not self.deadlines:
             return
+        due = self.deadlines.next
         alarm, delay = self._alarm, max(0.0, due - self.timers.seconds())
         if alarm is None or not alarm.active():
             self._alarm = self.timers.callLater(delay, self._ring)
@@ -232,7 +232,7 @@ class Lanes:
             try:
                 later, read, more = take(limit, _lane_failed)
             except Exception:
-                log.failure("error in the compiled lanes")
+                self._failed()
                 return True
             _run(later)
             if not more:
