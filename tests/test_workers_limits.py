@@ -189,31 +189,45 @@ def test_a_worker_killed_mid_transfer_loses_nobody_elses_transfers(servers, tmp_
     assert "tftp_sessions_lost_total %.1f" % lost in page
 
 
-def test_an_idle_worker_tells_the_main_process_nothing():
-    """Ten reports a second would wake the main process (and end its parks)
-    for nothing: a worker reports only new records, counters or a change
-    in its active sessions."""
+def test_a_worker_reports_changes_not_on_a_timer():
+    """A timer polling for changes would wake the worker (and the main
+    process, and end their parks) ten times a second for nothing: a worker
+    reports only new records, counters or a change in its active sessions,
+    the first change at once, later ones at most ten times a second."""
     from types import SimpleNamespace
 
-    from txfbtftp._daemon.worker import _Reporter
+    from twisted.internet.task import Clock
+
+    from txfbtftp._daemon.worker import REPORT_INTERVAL, _Reporter
     from txfbtftp._observe.stats import ServerStats
 
     sent = []
     channel = SimpleNamespace(records=[], send=sent.append)
-    stats = ServerStats()
-    report = _Reporter(channel, SimpleNamespace(stats=stats))
+    stats, clock = ServerStats(), Clock()
+    report = _Reporter(channel, SimpleNamespace(stats=stats), clock)
     report()
     assert sent == [{"records": [], "counters": {}, "active": 0}]  # the first says where it stands
-    report()
-    report()
+    clock.advance(10)
+    assert clock.getDelayedCalls() == [] and len(sent) == 1  # idle: no timer, nothing said
+    stats.session_started()
     assert len(sent) == 1
+    clock.advance(0)  # after a quiet spell, at once
+    assert sent[1:] == [{"records": [], "counters": {"sessions_started": 1}, "active": 1}]
     stats.increment_counter("errors_suppressed")
-    report()
+    stats.increment_counter("errors_suppressed")
+    clock.advance(REPORT_INTERVAL / 2)
+    assert len(sent) == 2  # soon after the last report: gathered until its interval is up
+    clock.advance(REPORT_INTERVAL / 2)
+    assert sent[2:] == [{"records": [], "counters": {"errors_suppressed": 2}, "active": 1}]
+    assert clock.getDelayedCalls() == []
     stats.active = 2
     report()
     channel.records.append({"client": "192.0.2.1"})
     report()
     report()
-    assert sent[1:] == [{"records": [], "counters": {"errors_suppressed": 1}, "active": 0},
-                        {"records": [], "counters": {}, "active": 2},
+    assert sent[3:] == [{"records": [], "counters": {}, "active": 2},
                         {"records": [{"client": "192.0.2.1"}], "counters": {}, "active": 2}]
+    stats.increment_counter("errors_suppressed")
+    report.stop()
+    clock.advance(1)
+    assert len(sent) == 5  # stopped: the pending report is the caller's to send

@@ -3,9 +3,12 @@
 It serves the listening sockets the main process bound for it (a share of
 the port's SO_REUSEPORT group), with a reactor of its own, and reports on
 its channel to the main process, one JSON object per line: ``hello`` (its
-pid, once it serves and handles signals), ``log`` (each log line), and
-every tenth of a second the records of the sessions that ended and the
-counters gathered since the last report.
+pid, once it serves and handles signals), ``log`` (each log line), and,
+when they change, the records of the sessions that ended, the counters
+gathered since the last report and its active sessions: at once after a
+quiet spell, then at most ten times a second.  A worker with nothing new
+says nothing, so it (and the main process) may sleep while its transfers
+run.
 The channel is a Twisted transport, so reporting never blocks serving; the
 main process adds it all to its own statistics and metrics.  SIGTERM drains
 and exits, SIGHUP reloads; when the main process goes (the channel closes),
@@ -21,8 +24,8 @@ import sys
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogLevel, eventAsText, globalLogBeginner
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -115,13 +118,11 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
     # Said once the reactor runs, after the handlers are installed: the main
     # process signals a worker (SIGTERM, SIGHUP) only once it knows its pid.
     reactor.callWhenRunning(channel.send, {"hello": os.getpid(), "worker": number})
-    report = _Reporter(channel, svc)
-    loop = LoopingCall(report)
-    loop.clock = reactor
-    loop.start(REPORT_INTERVAL, now=False)
+    report = _Reporter(channel, svc, reactor)
+    reactor.callWhenRunning(report)
 
     def stop() -> Deferred[None]:
-        loop.stop()
+        report.stop()
         return svc.stopService().addCallback(lambda _: report()).addCallback(lambda _: channel.close())
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
@@ -131,21 +132,40 @@ def run(number: int, options: Options, channel_fd: int, listen_fds: list[int]) -
 
 class _Reporter:
     """Tells the main process the worker's new session records, counters
-    and active sessions; nothing while there is nothing new, so an idle
-    worker does not wake it (nor a main process serving a WAN download
-    parked between blocks) ten times a second."""
+    and active sessions when they change (every change of ``active`` comes
+    with a counter's), and nothing while there is nothing new.  A timer
+    polling for changes would end every park of the worker's poller (and
+    of the main process's, which it wakes) ten times a second while a WAN
+    download runs.  The first change after a quiet spell goes at once: the
+    shared session limits count on it."""
 
-    def __init__(self, channel: Channel, svc: TFTPService) -> None:
+    def __init__(self, channel: Channel, svc: TFTPService, clock: IReactorTime) -> None:
         self._channel = channel
         self._stats = svc.stats
+        self._clock = clock
         self._active: int | None = None
+        self._sent_at = float("-inf")
+        self._call: IDelayedCall | None = None
+        svc.stats.change_listeners.append(self.changed)
+
+    def changed(self) -> None:
+        if self._call is None:
+            delay = max(0.0, self._sent_at + REPORT_INTERVAL - self._clock.seconds())
+            self._call = self._clock.callLater(delay, self)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
 
     def __call__(self) -> None:
+        self.stop()
         channel, stats = self._channel, self._stats
         records, channel.records = channel.records, []
         counters = {name: value for name, value in stats.get_and_reset_all_counters().items() if value}
         if records or counters or stats.active != self._active:
             self._active = stats.active
+            self._sent_at = self._clock.seconds()
             channel.send({"records": records, "counters": counters, "active": stats.active})
 
 

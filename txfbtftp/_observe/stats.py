@@ -63,6 +63,9 @@ class ServerStats:
         self.peers_active: dict[Any, int] = {}
         #: Called with each :class:`SessionRecord`; one that raises is logged and skipped.
         self.session_listeners: list[SessionListener] = []
+        #: Called with no arguments when a counter changes (and so, with it,
+        #: :attr:`active`): a worker reports on change, not on a timer.
+        self.change_listeners: list[Callable[[], None]] = []
         self._loop: LoopingCall | None = None
 
     # -- fbtftp's API ---------------------------------------------------------------
@@ -79,10 +82,16 @@ class ServerStats:
 
     def set_counter(self, name: str, value: int) -> None:
         self._counters[name] = value
+        self._changed()
 
     def increment_counter(self, name: str, increment: int = 1) -> None:
         self._counters[name] += increment
         self.totals[name] += increment
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.change_listeners:
+            listener()
 
     def reset_counter(self, name: str) -> None:
         self._counters[name] = 0
