@@ -355,21 +355,33 @@ def test_a_session_that_ends_before_its_lane_opens_leaves_none(root, monkeypatch
 
 
 @compiled
-def test_a_lane_step_that_fails_is_logged_and_the_poller_goes_on(root):
+def test_a_lane_step_that_fails_is_logged_and_the_poller_goes_on(root, monkeypatch):
+    """A step whose window cannot be sent keeps its state (the deadline
+    resends the window), is logged, and the lane serves the next ACK."""
     from twisted.logger import globalLogPublisher
-    (root / "big.bin").write_bytes(os.urandom(40 * 512))
+
+    from txfbtftp._net.batch import BatchSender
+    data = os.urandom(40 * 512)
+    (root / "big.bin").write_bytes(data)
     events = []
     globalLogPublisher.addObserver(events.append)
     twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
     try:
-        twin.request("big.bin", {})
-        twin.send(packet.ack(1))
-        twin.session.machine.bytes = "not a count"  # the step fails half-way
+        twin.request("big.bin", {"windowsize": "2", "blksize": "512"})
+        twin.send(packet.ack(0))
         twin.send(packet.ack(2))
+        with monkeypatch.context() as m:
+            m.setattr(BatchSender, "offload", property(lambda self: 1 / 0))
+            twin.send(packet.ack(4))  # blocks 5 and 6 are read, but not sent
         assert [e for e in events if e.get("log_format") == "error in a compiled lane"]
-        twin.session.machine.bytes = 3 * 512
-        twin.send(packet.ack(3))  # the poller still serves
-        assert twin.session.machine._acked == 3
+        machine = twin.session.machine
+        assert (machine._acked, machine._sent, machine.bytes) == (4, 6, 6 * 512)
+        twin.advance(1.5)  # the deadline resends them
+        twin.send(packet.ack(6))  # the poller still serves
+        assert (machine._acked, machine._sent, machine.retransmits) == (6, 8, 2)
+        client, _ = twin.received()
+        assert [p[2:4] for p in client[1:]] == [(n).to_bytes(2, "big") for n in (1, 2, 3, 4, 5, 6, 7, 8)]
+        assert b"".join(p[4:] for p in client[1:]) == data[:8 * 512]
     finally:
         globalLogPublisher.removeObserver(events.append)
         twin.close()
@@ -681,6 +693,8 @@ def test_a_download_over_a_wan_keeps_the_process_asleep_between_blocks(root, ser
     blocks = 60
     (root / "big.bin").write_bytes(os.urandom(512 * blocks + 100))
     svc = serve(dally=0.05)
+    records = []
+    svc.stats.session_listeners.append(records.append)
     sockets = svc.protocols[0].sockets
     wheel = svc.protocols[0].wheel
     assert sockets.lanes._park is not None
@@ -696,6 +710,12 @@ def test_a_download_over_a_wan_keeps_the_process_asleep_between_blocks(root, ser
     assert sorted(came) == list(range(1, blocks + 2)) and all(len(times) == 1 for times in came.values())
     assert fired == []  # the lane's session is not on the wheel
     assert len(entered) <= (3 + 7 if ticking else 3)  # the ticks: one each
+    # The lane served the blocks in its parks, Python saw its state only
+    # after each: the counts add up all the same.
+    yield _ended(records)
+    r, = records
+    assert (r.outcome, r.bytes_transferred, r.bytes_sent) == ("ok", 512 * blocks + 100, 512 * blocks + 100)
+    assert (r.packets_sent, r.packets_received, r.retransmits, r.duplicates) == (blocks + 1, blocks + 1, 0, 0)
 
 
 @compiled
@@ -708,12 +728,29 @@ def test_a_lanes_lost_ack_is_answered_after_its_round_trip_timeout(root, serve):
     blocks = 40
     (root / "big.bin").write_bytes(os.urandom(512 * blocks + 100))
     svc = serve(dally=0.05)
+    records = []
+    svc.stats.session_listeners.append(records.append)
     came = yield threads.deferToThread(_slow_client, svc.protocols[0].transport.getHost().port, blocks, 0.005,
                                        withhold=30)
     assert sorted(came) == list(range(1, blocks + 2))
     first, again = came[30]
     assert 0.04 <= again - first < 0.6
     assert all(len(came[n]) == 1 for n in came if n != 30)
+    yield _ended(records)
+    r, = records
+    assert (r.outcome, r.bytes_transferred, r.bytes_sent) == ("ok", 512 * blocks + 100, 512 * blocks + 100 + 512)
+    assert (r.packets_sent, r.packets_received, r.retransmits) == (blocks + 2, blocks + 1, 1)
+
+
+def _ended(records):
+    """Fires once the session's record is in ``records`` (its last ACK may come after the client's last DATA)."""
+    from twisted.internet import reactor, task
+
+    def check(left):
+        if records or not left:
+            return None
+        return task.deferLater(reactor, 0.02, check, left - 1)
+    return check(100)
 
 
 def _lane_under_way(root):

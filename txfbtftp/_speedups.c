@@ -2,12 +2,17 @@
  *
  * Rules:
  *
- * 1. Same state, same steps.  A Lane holds no transfer state of its own
- *    (its entry in the deadlines heap is a copy of the machine's): it
- *    reads and writes the very attributes the pure-Python path uses (the
- *    ReadMachine's, its Watchdog's and RTOEstimator's, the FileReader's), in
- *    the order ReadSession.receive -> ReadMachine.receive/_ack -> _pump/feed
- *    -> SocketLink.send would, so either path may take any datagram.
+ * 1. Same state whenever Python runs, same steps.  The transfer's state
+ *    lives in the very attributes the pure-Python path uses (the
+ *    ReadMachine's, its Watchdog's and RTOEstimator's, the FileReader's).
+ *    A lane reads them into a copy of its own at its first step in a call
+ *    into this module (it is then *hot*), takes its steps on the copy as
+ *    ReadSession.receive -> ReadMachine.receive/_ack -> _pump/feed ->
+ *    SocketLink.send would, and writes it all back before the call
+ *    returns: a parked poller serves a WAN download's blocks without
+ *    touching a Python object, and Python never sees a copy, so either
+ *    path may take any datagram.  Nothing but the reactor's thread may
+ *    look at a session meanwhile (as everywhere in Twisted).
  * 2. Only the common step.  An ACK from the session's client that
  *    acknowledges the whole window of a transfer under way, with no backend
  *    call pending and no budget gate, is served here.  Anything else (a
@@ -72,6 +77,25 @@ typedef struct {
     Py_ssize_t n, cap;
 } Deadlines;
 
+/* The reader's FileReader state, as the lane keeps it. */
+typedef struct {
+    PyObject *buf; /* new reference */
+    Py_ssize_t pos;
+    long long offset;
+} ReaderState;
+
+/* A lane's copy of its transfer's state (rule 1), while it is hot. */
+typedef struct {
+    long acked, sent, last; /* last: -1 for None */
+    long packets_received, bytes, bytes_sent, packets_sent;
+    double burst_at, deadline, last_heard_at, first_reply_at, since;
+    double srtt, rttvar, rto, floor;
+    int burst_none, deadline_none, heard, first_new, oack, clean, srtt_none;
+    int stepped, sampled; /* a step was served; the estimator took a sample */
+    Py_ssize_t wlen;      /* packets in the window (Lane.win) */
+    ReaderState rs;
+} Hot;
+
 struct Lane {
     PyObject_HEAD
     int fd;                       /* the session socket */
@@ -85,12 +109,25 @@ struct Lane {
     PyObject *watchdog, *estimator; /* estimator may be Py_None */
     PyObject *reader, *fs, *sender;
     PyObject *seconds;            /* the session's clock */
+    int wall;                     /* ... is time.time: read it here */
     PyObject *handler;            /* the pure-Python receiver: handler(data, addr) */
     PyObject *transfer;           /* State.TRANSFER */
     Deadlines *deadlines;         /* where the poller keeps this lane's deadline */
     Py_ssize_t slot;              /* its place there, -1 when it has none */
     double due;                   /* the deadline it is kept at */
+    int hot;                      /* h and win hold the transfer's state (rule 1) */
+    Lane *hot_next;               /* the next hot lane */
+    Hot h;
+    PyObject **win;               /* the window's packets while hot: windowsize slots */
 };
+
+/* time.time, the reactor's clock: a lane reads it without calling it. */
+static PyObject *time_time;
+
+/* The lanes hot in the current call into this module (rule 1). */
+static Lane *hot_lanes;
+
+static void lane_unload(Lane *L);
 
 static int
 Lane_traverse(Lane *self, visitproc visit, void *arg)
@@ -99,6 +136,12 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->watchdog); Py_VISIT(self->estimator); Py_VISIT(self->reader); Py_VISIT(self->fs);
     Py_VISIT(self->sender); Py_VISIT(self->seconds); Py_VISIT(self->handler); Py_VISIT(self->transfer);
     Py_VISIT(self->deadlines);
+    if (self->hot) {
+        Py_ssize_t i;
+        for (i = 0; i < self->h.wlen; i++)
+            Py_VISIT(self->win[i]);
+        Py_VISIT(self->h.rs.buf);
+    }
     return 0;
 }
 
@@ -109,6 +152,8 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->watchdog); Py_CLEAR(self->estimator); Py_CLEAR(self->reader); Py_CLEAR(self->fs);
     Py_CLEAR(self->sender); Py_CLEAR(self->seconds); Py_CLEAR(self->handler); Py_CLEAR(self->transfer);
     Py_CLEAR(self->deadlines);
+    if (self->hot)
+        lane_unload(self);
     return 0;
 }
 
@@ -117,6 +162,7 @@ Lane_dealloc(Lane *self)
 {
     PyObject_GC_UnTrack(self);
     Lane_clear(self);
+    PyMem_Free(self->win);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -206,6 +252,11 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "window or block size out of range");
         return -1;
     }
+    self->win = PyMem_Calloc(self->windowsize, sizeof *self->win);
+    if (self->win == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->watchdog = PyObject_GetAttrString(machine, "watchdog");
     if (self->watchdog == NULL)
         return -1;
@@ -239,6 +290,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     if (host == NULL)
         return -1;
     self->seconds = host;
+    self->wall = host == time_time;
     self->sdict = PyObject_GenericGetDict(session, NULL);
     self->mdict = PyObject_GenericGetDict(machine, NULL);
     if (self->sdict == NULL || self->mdict == NULL)
@@ -378,15 +430,6 @@ dset_long(PyObject *dict, PyObject *name, long value)
 }
 
 static int
-dadd_long(PyObject *dict, PyObject *name, long delta)
-{
-    long v;
-    if (dget_long(dict, name, &v))
-        return -1;
-    return dset_long(dict, name, v + delta);
-}
-
-static int
 dset_double(PyObject *dict, PyObject *name, double value)
 {
     PyObject *v = PyFloat_FromDouble(value);
@@ -417,12 +460,6 @@ aset_double(PyObject *obj, PyObject *name, double value)
 }
 
 /* --- the reader: FileReader.read, on local copies (rule 3) --- */
-
-typedef struct {
-    PyObject *buf; /* new reference */
-    Py_ssize_t pos;
-    long long offset;
-} ReaderState;
 
 /* The next block of at most n bytes, as a DATA packet (4 header bytes left
  * for the caller), or NULL with errno set (or a Python error). */
@@ -621,215 +658,351 @@ from_client(Lane *L, struct sockaddr_storage *src)
     }
 }
 
-/* The whole-window ACK step; 1 when served, 0 to hand back (nothing
- * changed), -1 on a Python error after the step began to commit. */
+/* --- the hot state (rule 1) --- */
+
+/* Read the transfer's state into L->h, if the lane may take its ACKs: the
+ * session has no backend call pending and no gate, the machine is under
+ * way with its last block still to read.  1 when L is hot, 0 when not
+ * (nothing changed, no error set). */
+static int
+lane_load(Lane *L)
+{
+    PyObject *sd = L->sdict, *md = L->mdict, *v, *window;
+    Hot *h = &L->h;
+    Py_ssize_t i;
+    h->rs.buf = NULL;
+    v = dget(sd, s_wait);
+    if (v == NULL)
+        goto no;
+    v = PyObject_GetAttr(v, s_pending);
+    if (v == NULL)
+        goto no;
+    Py_DECREF(v);
+    if (v != Py_None || dget(sd, s_gate) != Py_None || dget(md, s_machine_state) != L->transfer
+        || dget(md, s_last) != Py_None)
+        goto no;
+    if (dget_long(md, s_acked, &h->acked) || dget_long(md, s_sent, &h->sent)
+        || dget_long(md, s_packets_received, &h->packets_received) || dget_long(md, s_bytes, &h->bytes)
+        || dget_long(md, s_bytes_sent, &h->bytes_sent) || dget_long(md, s_packets_sent, &h->packets_sent))
+        goto no;
+    window = dget(md, s_window);
+    if (window == NULL || !PyList_CheckExact(window) || PyList_GET_SIZE(window) != h->sent - h->acked
+        || PyList_GET_SIZE(window) > L->windowsize)
+        goto no;
+    if ((v = dget(md, s_clean)) == NULL)
+        goto no;
+    h->clean = v == Py_True;
+    if ((v = dget(md, s_oack)) == NULL)
+        goto no;
+    h->oack = v != Py_None;
+    if ((v = dget(md, s_first_reply_at)) == NULL)
+        goto no;
+    h->heard = v != Py_None;
+    v = dget(md, s_burst_at);
+    h->burst_none = v == NULL || !PyFloat_CheckExact(v);
+    h->burst_at = h->burst_none ? 0.0 : PyFloat_AS_DOUBLE(v);
+    v = dget(md, s_deadline);
+    h->deadline_none = v == NULL || !PyFloat_CheckExact(v);
+    h->deadline = h->deadline_none ? 0.0 : PyFloat_AS_DOUBLE(v);
+    h->srtt_none = 1;
+    h->srtt = h->rttvar = h->rto = h->floor = 0.0;
+    if (L->estimator != Py_None) {
+        int none;
+        if (aget_double(L->estimator, s_srtt, &h->srtt, &h->srtt_none)
+            || aget_double(L->estimator, s_rttvar, &h->rttvar, &none)
+            || aget_double(L->estimator, s_rto, &h->rto, &none)
+            || aget_double(L->estimator, s_floor, &h->floor, &none))
+            goto no;
+    }
+    {
+        PyObject *b = PyObject_GetAttr(L->reader, s_buf), *p, *o;
+        if (b == NULL)
+            goto no;
+        h->rs.buf = b;
+        if (!PyBytes_CheckExact(b))
+            goto no;
+        h->rs.pos = h->rs.offset = -1;
+        if ((p = PyObject_GetAttr(L->reader, s_pos)) != NULL) {
+            h->rs.pos = PyLong_AsSsize_t(p);
+            Py_DECREF(p);
+            if ((o = PyObject_GetAttr(L->reader, s_offset)) != NULL) {
+                h->rs.offset = PyLong_AsLongLong(o);
+                Py_DECREF(o);
+            }
+        }
+        if (h->rs.pos < 0 || h->rs.pos > PyBytes_GET_SIZE(b) || h->rs.offset < 0)
+            goto no;
+    }
+    h->wlen = PyList_GET_SIZE(window);
+    for (i = 0; i < h->wlen; i++) {
+        L->win[i] = PyList_GET_ITEM(window, i);
+        Py_INCREF(L->win[i]);
+    }
+    h->last = -1;
+    h->stepped = h->sampled = h->first_new = 0;
+    L->hot = 1;
+    L->hot_next = hot_lanes;
+    hot_lanes = L;
+    return 1;
+no:
+    PyErr_Clear();
+    Py_CLEAR(h->rs.buf);
+    return 0;
+}
+
+/* Let go of L's copy, and of its place among the hot lanes. */
+static void
+lane_unload(Lane *L)
+{
+    Lane **p = &hot_lanes;
+    Py_ssize_t i;
+    for (i = 0; i < L->h.wlen; i++)
+        Py_CLEAR(L->win[i]);
+    L->h.wlen = 0;
+    Py_CLEAR(L->h.rs.buf);
+    L->hot = 0;
+    while (*p != NULL && *p != L)
+        p = &(*p)->hot_next;
+    if (*p == L)
+        *p = L->hot_next;
+    L->hot_next = NULL;
+}
+
+/* Write L's copy back to the attributes it came from, in the order of
+ * rule 1's steps.  0, or -1 with a Python error (some written, some not:
+ * as a Python step that raised half-way). */
+static int
+lane_flush(Lane *L)
+{
+    PyObject *md = L->mdict, *window, *v;
+    Hot *h = &L->h;
+    Py_ssize_t i;
+    if (!h->stepped)
+        return 0;
+    if (dset_long(md, s_packets_received, h->packets_received) || dset_double(md, s_last_heard_at, h->last_heard_at)
+        || (h->first_new && dset_double(md, s_first_reply_at, h->first_reply_at))
+        || PyDict_SetItem(md, s_established, Py_True))
+        return -1;
+    if (h->sampled && (aset_double(L->estimator, s_srtt, h->srtt) || aset_double(L->estimator, s_rttvar, h->rttvar)
+                       || aset_double(L->estimator, s_rto, h->rto)))
+        return -1;
+    window = dget(md, s_window);
+    if (window == NULL || !PyList_Check(window)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "the machine's window is not a list");
+        return -1;
+    }
+    if (PyList_SetSlice(window, 0, PyList_GET_SIZE(window), NULL))
+        return -1;
+    for (i = 0; i < h->wlen; i++)
+        if (PyList_Append(window, L->win[i]))
+            return -1;
+    if (dset_long(md, s_acked, h->acked) || dset_double(md, s_burst_at, h->burst_at)
+        || PyDict_SetItem(md, s_clean, h->clean ? Py_True : Py_False))
+        return -1;
+    v = PyLong_FromLong(0);
+    if (v == NULL || PyObject_SetAttr(L->watchdog, s_tries, v)) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    if (aset_double(L->watchdog, s_since, h->since) || dset_long(md, s_sent, h->sent)
+        || dset_long(md, s_bytes, h->bytes) || dset_long(md, s_bytes_sent, h->bytes_sent)
+        || dset_long(md, s_packets_sent, h->packets_sent) || PyDict_SetItem(md, s_restart_armed, Py_True))
+        return -1;
+    if (h->last >= 0) {
+        v = PyLong_FromLong(h->last);
+        if (v == NULL || PyDict_SetItem(md, s_last, v)) {
+            Py_XDECREF(v);
+            return -1;
+        }
+        Py_DECREF(v);
+    }
+    if (dset_double(md, s_deadline, h->deadline) || PyObject_SetAttr(L->reader, s_buf, h->rs.buf))
+        return -1;
+    v = PyLong_FromSsize_t(h->rs.pos);
+    if (v == NULL || PyObject_SetAttr(L->reader, s_pos, v)) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    v = PyLong_FromLongLong(h->rs.offset);
+    if (v == NULL || PyObject_SetAttr(L->reader, s_offset, v)) {
+        Py_XDECREF(v);
+        return -1;
+    }
+    Py_DECREF(v);
+    return 0;
+}
+
+/* Python's error, as (failed, exception, None) in ``later``; -1 when even
+ * that cannot be made. */
+static int
+report_failure(PyObject *later, PyObject *failed)
+{
+    PyObject *type, *value, *tb, *t = NULL;
+    int r;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value == NULL)
+        value = PyObject_CallFunction(PyExc_SystemError, "s", "a lane failed without an exception");
+    if (value != NULL)
+        t = PyTuple_Pack(3, failed, value, Py_None);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    r = (t == NULL || PyList_Append(later, t)) ? -1 : 0;
+    Py_XDECREF(t);
+    return r;
+}
+
+/* Before a call into this module returns (rule 1): every hot lane writes
+ * its copy back and lets go of it; a failure is reported in ``later``.  0,
+ * or -1 with a Python error when a report could not be made.  A Python
+ * error already set is kept (and the failures are not reported). */
+static int
+lanes_cool(PyObject *later, PyObject *failed)
+{
+    PyObject *type, *value, *tb;
+    int r = 0, pending = PyErr_Occurred() != NULL;
+    if (pending)
+        PyErr_Fetch(&type, &value, &tb);
+    while (hot_lanes != NULL) {
+        Lane *L = hot_lanes;
+        Py_INCREF(L);
+        if (lane_flush(L) < 0) {
+            if (pending || later == NULL)
+                PyErr_Clear();  /* the call fails anyway: its reports are lost */
+            else if (report_failure(later, failed) < 0) {
+                PyErr_Clear();
+                r = -1;
+            }
+        }
+        lane_unload(L);
+        Py_DECREF(L);
+    }
+    if (pending)
+        PyErr_Restore(type, value, tb);
+    else if (r < 0)
+        PyErr_NoMemory();  /* the only way a report cannot be made */
+    return r;
+}
+
+/* The whole-window ACK step, on the lane's copy: 1 when served, 0 to hand
+ * back (nothing changed), -1 on a Python error after the step was taken
+ * (its packets may not have left: the deadline resends them). */
 static int
 fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
 {
-    PyObject *sd = L->sdict, *md = L->mdict, *v, *window, *now_obj;
     PyObject *pkts[MAX_WINDOW];
+    Hot *h = &L->h;
     Py_ssize_t count = 0, k, bs = L->blksize;
-    long acked, sent, off, number, last = -1;
-    double now, deadline = 0.0;
-    int clean, r = -1;
+    long off, number, last = -1, payload = 0;
+    double now;
     ReaderState rs;
 
     if (n < 4 || data[0] != 0 || data[1] != 4)
         return 0;
     number = (data[2] << 8) | data[3];
-    /* the session: no backend call pending, no gate */
-    v = dget(sd, s_wait);
-    if (v == NULL)
-        goto hand_back;
-    v = PyObject_GetAttr(v, s_pending);
-    if (v == NULL)
-        goto hand_back;
-    Py_DECREF(v);
-    if (v != Py_None)
+    if (!L->hot && !lane_load(L))
         return 0;
-    v = dget(sd, s_gate);
-    if (v != Py_None)
-        goto hand_back;
-    /* the machine: under way, the ACK is for the whole window, not the last */
-    if (dget(md, s_machine_state) != L->transfer)
-        goto hand_back;
-    if (dget_long(md, s_acked, &acked) || dget_long(md, s_sent, &sent))
-        goto hand_back;
-    if (dget(md, s_last) != Py_None)
-        goto hand_back;  /* the last block is out: its ACK ends the transfer */
-    off = (number - acked) & 0xFFFF;
-    if (off == 0 || off != sent - acked)
-        goto hand_back;
-    window = dget(md, s_window);
-    if (window == NULL || !PyList_CheckExact(window) || PyList_GET_SIZE(window) != off)
-        goto hand_back;
-    v = dget(md, s_clean);
-    if (v == NULL)
-        goto hand_back;
-    clean = v == Py_True;
+    if (h->last >= 0)
+        return 0; /* the last block is out: its ACK ends the transfer */
+    off = (number - h->acked) & 0xFFFF;
+    if (off == 0 || off != h->sent - h->acked || h->wlen != off)
+        return 0;
+    if (h->clean && L->estimator != Py_None && (h->acked || h->oack) && h->burst_none)
+        return 0;
 
     /* read the blocks the window will take (rule 3) */
-    {
-        PyObject *b = PyObject_GetAttr(L->reader, s_buf), *p, *o;
-        if (b == NULL)
-            goto hand_back;
-        if (!PyBytes_CheckExact(b)) {
-            Py_DECREF(b);
-            return 0;
-        }
-        rs.buf = b;
-        rs.pos = rs.offset = -1;
-        p = PyObject_GetAttr(L->reader, s_pos);
-        if (p != NULL) {
-            rs.pos = PyLong_AsSsize_t(p);
-            Py_DECREF(p);
-            o = PyObject_GetAttr(L->reader, s_offset);
-            if (o != NULL) {
-                rs.offset = PyLong_AsLongLong(o);
-                Py_DECREF(o);
-            }
-        }
-        if (rs.pos < 0 || rs.pos > PyBytes_GET_SIZE(b) || rs.offset < 0) {
-            Py_DECREF(b);
-            goto hand_back;
-        }
-    }
+    rs = h->rs;
+    Py_INCREF(rs.buf);
     for (k = 0; k < L->windowsize; k++) {
         PyObject *pkt = read_packet(L, &rs, bs);
         if (pkt == NULL)
-            goto fail_read; /* Python reads again and reports the error */
+            goto not_read; /* Python reads again and reports the error */
         pkts[count++] = pkt;
         if (PyBytes_GET_SIZE(pkt) - 4 < bs) {
-            last = sent + count;
+            last = h->sent + count;
             break;
         }
     }
-    now_obj = PyObject_CallNoArgs(L->seconds);
-    if (now_obj == NULL)
-        goto fail_read;
-    now = PyFloat_AsDouble(now_obj);
-    Py_DECREF(now_obj);
-    if (now == -1.0 && PyErr_Occurred())
-        goto fail_read;
+    if (L->wall) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);  /* what time.time() reads */
+        now = (double)(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+    } else {
+        PyObject *now_obj = PyObject_CallNoArgs(L->seconds);
+        if (now_obj == NULL)
+            goto not_read;
+        now = PyFloat_AsDouble(now_obj);
+        Py_DECREF(now_obj);
+        if (now == -1.0 && PyErr_Occurred())
+            goto not_read;
+    }
 
-    /* commit: ReadMachine.receive -> _heard */
-    if (dadd_long(md, s_packets_received, 1) || dset_double(md, s_last_heard_at, now))
-        goto fail;
-    if (dget(md, s_first_reply_at) == Py_None && dset_double(md, s_first_reply_at, now))
-        goto fail;
-    /* _ack */
-    if (PyDict_SetItem(md, s_established, Py_True))
-        goto fail;
-    if (clean && L->estimator != Py_None && (acked || dget(md, s_oack) != Py_None)) {
-        double burst, srtt, rttvar, rto, floor, rtt;
-        int none, none2;
-        v = dget(md, s_burst_at);
-        if (v == NULL || ((burst = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred()))
-            goto fail;
-        rtt = now - burst;
-        if (aget_double(L->estimator, s_srtt, &srtt, &none) || aget_double(L->estimator, s_floor, &floor, &none2))
-            goto fail;
-        if (none) {
-            srtt = rtt;
-            rttvar = rtt / 2;
+    /* ReadMachine.receive -> _heard */
+    h->stepped = 1;
+    h->packets_received++;
+    h->last_heard_at = now;
+    if (!h->heard) {
+        h->heard = h->first_new = 1;
+        h->first_reply_at = now;
+    }
+    /* _ack: RTOEstimator.sample on a clean burst */
+    if (h->clean && L->estimator != Py_None && (h->acked || h->oack)) {
+        double rtt = now - h->burst_at, rto;
+        if (h->srtt_none) {
+            h->srtt = rtt;
+            h->rttvar = rtt / 2;
+            h->srtt_none = 0;
         } else {
-            if (aget_double(L->estimator, s_rttvar, &rttvar, &none2))
-                goto fail;
-            rttvar += (fabs(srtt - rtt) - rttvar) / 4;
-            srtt += (rtt - srtt) / 8;
+            h->rttvar += (fabs(h->srtt - rtt) - h->rttvar) / 4;
+            h->srtt += (rtt - h->srtt) / 8;
         }
-        rto = srtt + 4 * rttvar;
-        if (aset_double(L->estimator, s_srtt, srtt) || aset_double(L->estimator, s_rttvar, rttvar)
-            || aset_double(L->estimator, s_rto, rto > floor ? rto : floor))
-            goto fail;
+        rto = h->srtt + 4 * h->rttvar;
+        h->rto = rto > h->floor ? rto : h->floor;
+        h->sampled = 1;
     }
-    acked += off;
-    if (dset_long(md, s_acked, acked) || PyList_SetSlice(window, 0, off, NULL))
-        goto fail;
-    /* feed, block by block (a window holds at least one) */
+    h->acked += off;
+    for (k = 0; k < h->wlen; k++)
+        Py_CLEAR(L->win[k]);
+    h->wlen = 0;
+    /* feed, block by block: the first starts a burst (Watchdog.progress) */
+    h->burst_at = now;
+    h->burst_none = 0;
+    h->clean = 1;
+    h->since = now;
+    h->deadline = now + (h->srtt_none ? L->first_wait : (h->rto < L->longest ? h->rto : L->longest));
+    h->deadline_none = 0;
     for (k = 0; k < count; k++) {
-        PyObject *pkt = pkts[k];
-        long idx = sent + 1 + k;
-        unsigned char *h = (unsigned char *)PyBytes_AS_STRING(pkt);
-        h[0] = 0;
-        h[1] = 3;
-        h[2] = (idx >> 8) & 0xFF;
-        h[3] = idx & 0xFF;
-        if (k == 0) {
-            double wait, rto;
-            int none;
-            if (dset_double(md, s_burst_at, now) || PyDict_SetItem(md, s_clean, Py_True))
-                goto fail;
-            /* Watchdog.progress */
-            v = PyLong_FromLong(0);
-            if (v == NULL || PyObject_SetAttr(L->watchdog, s_tries, v)) {
-                Py_XDECREF(v);
-                goto fail;
-            }
-            Py_DECREF(v);
-            if (aset_double(L->watchdog, s_since, now))
-                goto fail;
-            wait = L->first_wait;
-            if (L->estimator != Py_None) {
-                double srtt;
-                if (aget_double(L->estimator, s_srtt, &srtt, &none))
-                    goto fail;
-                if (!none) {
-                    if (aget_double(L->estimator, s_rto, &rto, &none))
-                        goto fail;
-                    wait = rto < L->longest ? rto : L->longest;
-                }
-            }
-            deadline = now + wait;
-        }
-        if (PyList_Append(window, pkt))
-            goto fail;
+        unsigned char *hd = (unsigned char *)PyBytes_AS_STRING(pkts[k]);
+        long idx = h->sent + 1 + k;
+        hd[0] = 0;
+        hd[1] = 3;
+        hd[2] = (idx >> 8) & 0xFF;
+        hd[3] = idx & 0xFF;
+        payload += PyBytes_GET_SIZE(pkts[k]) - 4;
+        L->win[h->wlen++] = pkts[k]; /* the window takes the reference */
     }
-    {
-        long payload = 0;
-        for (k = 0; k < count; k++)
-            payload += PyBytes_GET_SIZE(pkts[k]) - 4;
-        if (dset_long(md, s_sent, sent + count) || dadd_long(md, s_bytes, payload)
-            || dadd_long(md, s_bytes_sent, payload) || dadd_long(md, s_packets_sent, count))
-            goto fail;
-    }
-    if (PyDict_SetItem(md, s_restart_armed, Py_True))
-        goto fail;
-    if (last >= 0) {
-        v = PyLong_FromLong(last);
-        if (v == NULL || PyDict_SetItem(md, s_last, v)) {
-            Py_XDECREF(v);
-            goto fail;
-        }
-        Py_DECREF(v);
-    }
-    if (dset_double(md, s_deadline, deadline))
-        goto fail;
-    {
-        PyObject *reader = L->reader, *p;
-        if (PyObject_SetAttr(reader, s_buf, rs.buf))
-            goto fail;
-        p = PyLong_FromSsize_t(rs.pos);
-        if (p == NULL || PyObject_SetAttr(reader, s_pos, p)) {
-            Py_XDECREF(p);
-            goto fail;
-        }
-        Py_DECREF(p);
-        p = PyLong_FromLongLong(rs.offset);
-        if (p == NULL || PyObject_SetAttr(reader, s_offset, p)) {
-            Py_XDECREF(p);
-            goto fail;
-        }
-        Py_DECREF(p);
-    }
+    h->sent += count;
+    h->bytes += payload;
+    h->bytes_sent += payload;
+    h->packets_sent += count;
+    if (last >= 0)
+        h->last = last;
+    Py_SETREF(h->rs.buf, rs.buf);
+    h->rs.pos = rs.pos;
+    h->rs.offset = rs.offset;
+
     /* send */
     if (count == 1)
-        send_one(L, pkts[0]);
-    else if (count > 1 && send_window(L, pkts, count))
-        goto fail;
+        send_one(L, L->win[0]);
+    else if (count > 1 && send_window(L, L->win, count))
+        return -1;
     /* rule 5: the lane's entry moves in place; Session._after files a new one */
     if (L->slot >= 0) {
-        deadlines_set(L->deadlines, L, deadline);
+        deadlines_set(L->deadlines, L, h->deadline);
     } else {
         PyObject *after = PyObject_GetAttr(L->session, s_after), *t, *nw = PyFloat_FromDouble(now);
         t = (after && nw) ? PyTuple_Pack(3, after, L->machine, nw) : NULL;
@@ -837,24 +1010,16 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
         Py_XDECREF(nw);
         if (t == NULL || PyList_Append(later, t)) {
             Py_XDECREF(t);
-            goto fail;
+            return -1;
         }
         Py_DECREF(t);
     }
-    r = 1;
-fail:
-    for (k = 0; k < count; k++)
-        Py_DECREF(pkts[k]);
-    Py_XDECREF(rs.buf);
-    return r;
-fail_read:
+    return 1;
+not_read:
     PyErr_Clear();
     for (k = 0; k < count; k++)
         Py_DECREF(pkts[k]);
-    Py_XDECREF(rs.buf);
-    return 0;
-hand_back:
-    PyErr_Clear();
+    Py_DECREF(rs.buf);
     return 0;
 }
 
@@ -888,18 +1053,8 @@ lane_event(Lane *L, unsigned char *buf, PyObject *later, PyObject *failed)
         Py_XDECREF(addr);
         r = HANDED;
     } else if (step < 0) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        if (value == NULL) {
-            value = PyObject_CallFunction(PyExc_SystemError, "s", "a lane failed without an exception");
-        }
-        if (value != NULL)
-            t = PyTuple_Pack(3, failed, value, Py_None);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        r = FAILED;
+        Py_DECREF(L);
+        return report_failure(later, failed) < 0 ? -1 : FAILED;
     }
     Py_DECREF(L);
     if (r == SERVED)
@@ -936,6 +1091,7 @@ Lane_drain(Lane *self, PyObject *args)
         int r = lane_event(self, buf, later, failed);
         if (r < 0) {
             PyMem_Free(buf);
+            lanes_cool(NULL, failed);
             Py_DECREF(later);
             return NULL;
         }
@@ -948,6 +1104,10 @@ Lane_drain(Lane *self, PyObject *args)
         }
     }
     PyMem_Free(buf);
+    if (lanes_cool(later, failed) < 0) {
+        Py_DECREF(later);
+        return NULL;
+    }
     result = Py_BuildValue("(OlO)", later, read, more ? Py_True : Py_False);
     Py_DECREF(later);
     return result;
@@ -964,7 +1124,12 @@ static PyMethodDef lane_methods[] = {
 static int
 machine_deadline(Lane *L, double *at)
 {
-    PyObject *d = L->mdict ? dget(L->mdict, s_deadline) : NULL;
+    PyObject *d;
+    if (L->hot) {
+        *at = L->h.deadline;
+        return !L->h.deadline_none;
+    }
+    d = L->mdict ? dget(L->mdict, s_deadline) : NULL;
     if (d == NULL || d == Py_None || ((*at = PyFloat_AsDouble(d)) == -1.0 && PyErr_Occurred())) {
         PyErr_Clear();
         return 0;
@@ -1196,11 +1361,17 @@ serve(PyObject *module, PyObject *args)
             goto error;
     }
     PyMem_Free(buf);
+    if (lanes_cool(later, failed) < 0) {
+        Py_DECREF(rest);
+        Py_DECREF(later);
+        return NULL;
+    }
     result = PyTuple_Pack(2, rest, later);
     Py_DECREF(rest);
     Py_DECREF(later);
     return result;
 error:
+    lanes_cool(NULL, failed);
     PyMem_Free(buf);
     Py_XDECREF(rest);
     Py_XDECREF(later);
@@ -1366,8 +1537,10 @@ park(PyObject *module, PyObject *args)
             before = served;
         }
     }
-    result = Py_BuildValue("(OOl)", rest, later, served);
+    if (lanes_cool(later, failed) == 0)
+        result = Py_BuildValue("(OOl)", rest, later, served);
 done:
+    lanes_cool(NULL, failed);  /* after a failure: an error is set, and kept */
     if (parked && nest(epfd, other, 0) < 0) {
         Py_CLEAR(result);
         PyErr_SetFromErrno(PyExc_OSError);
@@ -1422,6 +1595,15 @@ PyInit__speedups(void)
     INTERN(s_deadline_came, "deadline_came");
     if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&DeadlinesType) < 0)
         return NULL;
+    {
+        PyObject *time = PyImport_ImportModule("time");
+        if (time == NULL)
+            return NULL;
+        time_time = PyObject_GetAttrString(time, "time");
+        Py_DECREF(time);
+        if (time_time == NULL)
+            return NULL;
+    }
     m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
