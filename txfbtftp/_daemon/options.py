@@ -95,8 +95,9 @@ class Options(usage.Options):
         ["unverified-rate", None, "512K", "Bytes a second sent to one address that has not answered yet "
          "(K, M suffixes; 0: no limit)."],
         ["access", None, None, "Access rules file (allow/deny/allow-write CIDR lines), re-read on SIGHUP."],
-        ["busy-poll", None, 200, "Longest time in microseconds to keep polling session sockets after traffic; "
-         "less, or none, while clients answer slower than that (0: off).", int],
+        ["busy-poll", None, 5, "Longest time in microseconds to keep polling session sockets after traffic; "
+         "less, or none, while clients answer slower than that (0: off).  Longer buys a fast lock-step "
+         "client's throughput with CPU.", int],
         ["workers", None, 1, "Processes serving the port(s) together (SO_REUSEPORT).", int],
         ["shutdown-grace", None, 30.0,
          "Seconds transfers in flight may run on when the server is told to stop (SIGTERM).", float],

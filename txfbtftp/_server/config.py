@@ -28,8 +28,9 @@ class ServerConfig:
     single_port: bool = False
     #: Keep polling session sockets at most this long after the last datagram
     #: before returning to the reactor: less, or not at all, while clients
-    #: answer slower than that (0 disables); see txfbtftp._net.poller.
-    busy_poll: float = 0.0002
+    #: answer slower than that (0 disables); see txfbtftp._net.poller.  About
+    #: what a sleep and a wake-up cost in CPU: a spin that pays for itself.
+    busy_poll: float = 0.000005
     #: The longest the session sockets keep the reactor waiting.
     time_slice: float = 0.005
     #: Admission control (txfbtftp._server.admission): active sessions at most (0:
