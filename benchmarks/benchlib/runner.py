@@ -147,6 +147,7 @@ class Runner:
                         last = "something outside the server's cgroup answers on port %d" % port
                         break
                     rec["startup_s"] = round(time.monotonic() - t0, 3)
+                    self.settle()
                     return True
                 time.sleep(0.2)
             rec.setdefault("events", []).append("start attempt %d failed: %s" % (attempt, last))
@@ -158,6 +159,22 @@ class Runner:
         rec["status"] = "start-failed"
         rec["error"] = "did not start: %s" % last
         return False
+
+    def settle(self, most: float = 5.0) -> None:
+        """Wait until the server is idle (``most`` seconds at most): one
+        process answering the probe does not mean its others have started,
+        and their start-up would be billed to the first load."""
+        group = self.group
+        if group is None:
+            return
+        deadline = time.monotonic() + most
+        last = group.cpu()["cpu_s"]
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = group.cpu()["cpu_s"]
+            if now - last < 0.005:
+                return
+            last = now
 
     def stop(self, rec: Json) -> None:
         """SIGTERM the server, SIGKILL what is left in its group, reap it, remove the group."""
