@@ -848,3 +848,124 @@ def test_an_alarm_cancelled_to_park_does_not_cut_the_parks_after_it_short():
         lanes.table.clear()
         sockets.shutdown()
         client.close()
+
+
+@compiled
+def test_a_call_into_the_lanes_from_the_sessions_clock_keeps_the_step(root, monkeypatch):
+    """A lane reads the sessions' clock before its step begins, and a call
+    writes back only the lanes it made hot: a call into the compiled module
+    from inside a Python clock (another poller's, a finalizer's) neither
+    loses the step under way nor crashes."""
+    from txfbtftp import _speedups
+    hooks, real = [], Clock.seconds
+
+    def seconds(clock):
+        for hook in hooks:
+            hook()
+        return real(clock)
+    monkeypatch.setattr(Clock, "seconds", seconds)
+    twin, reactor_ep = _lane_under_way(root)
+    reactor_ep.close()
+    m = twin.session.machine
+    nested = []
+    hooks.append(lambda: nested.append(_speedups.serve([], {}, lambda exc, session: None)))
+    try:
+        for n in range(3, 9):
+            twin.send(packet.ack(n - 1))
+            assert (m._acked, m._sent, len(m._window)) == (n - 1, n, 1)
+        assert len(nested) >= 6 and twin.sockets.lanes.table
+        hooks.clear()
+        client, _ = twin.received()
+        assert [int.from_bytes(p[2:4], "big") for p in client] == list(range(1, 9))
+    finally:
+        twin.close()
+
+
+@compiled
+def test_a_step_that_cannot_be_written_back_ends_the_transfer(root, monkeypatch):
+    """A lane whose copy of the transfer's state cannot be written back
+    whole (out of memory, here a reader that refuses once) leaves a
+    transfer Python cannot trust: it ends with an ERROR, never serving a
+    block twice under two numbers."""
+    from txfbtftp._backends import fs
+
+    class Reader(fs.FileReader):
+        __slots__ = ("_kept", "refuse")
+        LANE = True
+
+        @property
+        def _buf(self):
+            return self._kept
+
+        @_buf.setter
+        def _buf(self, value):
+            if getattr(self, "refuse", False):
+                self.refuse = False
+                raise MemoryError("no room to write the step back")
+            self._kept = value
+    monkeypatch.setattr(fs, "FileReader", Reader)
+    data = os.urandom(30 * 512 + 100)
+    (root / "big.bin").write_bytes(data)
+    records = []
+    twin = Twin(root, ServerConfig(dally=0.05, shutdown_grace=0))
+    twin.server.stats.session_listeners.append(records.append)
+    try:
+        twin.request("big.bin", {})
+        twin.send(packet.ack(1))
+        twin.send(packet.ack(2))
+        assert twin.sockets.lanes.table
+        twin.session.reader.refuse = True
+        twin.send(packet.ack(3))
+        client, _ = twin.received()
+        assert [r.outcome for r in records] == ["server-error"]
+        assert client[-1][:2] == b"\x00\x05"  # ERROR
+        blocks = [p for p in client if p[:2] == b"\x00\x03"]
+        assert [int.from_bytes(p[2:4], "big") for p in blocks] == [1, 2, 3, 4]
+        assert b"".join(p[4:] for p in blocks) == data[:4 * 512]
+    finally:
+        twin.close()
+
+
+@compiled
+def test_no_finalizer_sees_a_lanes_copy(root):
+    """A collection set off by an allocation inside a call (here the tuple
+    handing back a stale ACK after a served one) would run finalizers
+    while the lane is hot, showing them the machine before a step whose
+    block the client already has: there is no collection during a call."""
+    import gc
+    twin, reactor_ep = _lane_under_way(root)
+    reactor_ep.close()
+    m = twin.session.machine
+    (lane,) = twin.sockets.lanes.table.values()
+    seen = []
+
+    class Garbage:
+        armed = True
+
+        def __init__(self):
+            self.me = self  # a cycle: only the collector frees it
+
+        def __del__(self):
+            if Garbage.armed:
+                seen.append((bool(select.select([twin.client], [], [], 0)[0]), m._sent))
+                Garbage()
+
+    thresholds = gc.get_threshold()
+    try:
+        twin.collect()
+        n = m._sent
+        for ack in (n, n - 1):  # served, then handed back
+            twin.client.sendto(packet.ack(ack), twin.tid)
+        select.select([twin.sockets.fileno()], [], [], 2)  # loopback: both are queued once sent
+        Garbage()
+        hold = [(i, -i) for i in range(5000)]  # no tuples left on the free lists
+        gc.set_threshold(1, 1000, 1000)
+        later, read, _ = lane.drain(10, lanes._lane_failed)
+        gc.set_threshold(*thresholds)
+        Garbage.armed = False
+        assert read == 2 and len(later) == 1 and hold
+        assert seen and not [s for s in seen if s[0] and s[1] == n]
+    finally:
+        gc.set_threshold(*thresholds)
+        Garbage.armed = False
+        twin.close()

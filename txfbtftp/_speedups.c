@@ -11,8 +11,11 @@
  *    SocketLink.send would, and writes it all back before the call
  *    returns: a parked poller serves a WAN download's blocks without
  *    touching a Python object, and Python never sees a copy, so either
- *    path may take any datagram.  Nothing but the reactor's thread may
- *    look at a session meanwhile (as everywhere in Twisted).
+ *    path may take any datagram.  Each call writes back the lanes it made
+ *    hot, and no garbage collection runs during one (a finalizer would
+ *    see a copy).  Nothing but the reactor's thread may look at a session
+ *    meanwhile (as everywhere in Twisted).  A copy that cannot be written
+ *    back whole leaves a transfer Python cannot trust: its session ends.
  * 2. Only the common step.  An ACK from the session's client that
  *    acknowledges the whole window of a transfer under way, with no backend
  *    call pending and no budget gate, is served here.  Anything else (a
@@ -21,7 +24,8 @@
  * 3. Nothing changes until everything is known.  The blocks are read
  *    before the first attribute is written; a failure before that point is
  *    a hand-back, never a half step.
- * 4. No Python is called but the session's clock.  What Python must do (a
+ * 4. No Python is called but the session's clock (time.time is read in
+ *    C), and that before a step begins.  What Python must do (a
  *    datagram to hand back, a deadline to keep, a failure to log) is
  *    returned as (call, a, b) for the poller to run under its own error
  *    handling.
@@ -109,23 +113,49 @@ struct Lane {
     PyObject *watchdog, *estimator; /* estimator may be Py_None */
     PyObject *reader, *fs, *sender;
     PyObject *seconds;            /* the session's clock */
-    int wall;                     /* ... is time.time: read it here */
     PyObject *handler;            /* the pure-Python receiver: handler(data, addr) */
     PyObject *transfer;           /* State.TRANSFER */
     Deadlines *deadlines;         /* where the poller keeps this lane's deadline */
     Py_ssize_t slot;              /* its place there, -1 when it has none */
     double due;                   /* the deadline it is kept at */
     int hot;                      /* h and win hold the transfer's state (rule 1) */
-    Lane *hot_next;               /* the next hot lane */
+    Lane **hot_list;              /* then: the list of the call that made it hot */
+    Lane *hot_next;               /* and the next lane on it */
     Hot h;
     PyObject **win;               /* the window's packets while hot: windowsize slots */
 };
 
-/* time.time, the reactor's clock: a lane reads it without calling it. */
+/* time.time, the reactor's clock: read here without calling it. */
 static PyObject *time_time;
 
-/* The lanes hot in the current call into this module (rule 1). */
-static Lane *hot_lanes;
+/* The sessions' clock ``seconds``, read once. */
+static int
+lane_clock(PyObject *seconds, double *now)
+{
+    PyObject *v;
+    if (seconds == time_time) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);  /* what time.time() reads */
+        *now = (double)(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
+        return 0;
+    }
+    v = PyObject_CallNoArgs(seconds);
+    if (v == NULL)
+        return -1;
+    *now = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* What one call into this module (serve, park, Lane.drain) carries down
+ * to its lanes. */
+typedef struct {
+    PyObject *later;    /* the (call, a, b) Python must run */
+    PyObject *failed;   /* failed(exception, session): a lane's failure */
+    unsigned char *buf; /* room for one datagram */
+    Lane *hot;          /* the lanes this call made hot (rule 1) */
+    int gc;             /* the collector was on: on again at the end */
+} Call;
 
 static void lane_unload(Lane *L);
 
@@ -148,12 +178,12 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
 static int
 Lane_clear(Lane *self)
 {
+    if (self->hot)
+        lane_unload(self);
     Py_CLEAR(self->session); Py_CLEAR(self->sdict); Py_CLEAR(self->machine); Py_CLEAR(self->mdict);
     Py_CLEAR(self->watchdog); Py_CLEAR(self->estimator); Py_CLEAR(self->reader); Py_CLEAR(self->fs);
     Py_CLEAR(self->sender); Py_CLEAR(self->seconds); Py_CLEAR(self->handler); Py_CLEAR(self->transfer);
     Py_CLEAR(self->deadlines);
-    if (self->hot)
-        lane_unload(self);
     return 0;
 }
 
@@ -202,11 +232,11 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         return -1;
     if (!PyTuple_Check(dest) || !PyArg_ParseTuple(dest, "si|II", &addr, &port, &flow, &scope))
         return -1;
-    memset(&self->dest, 0, sizeof self->dest);
     if (self->session != NULL) {
         PyErr_SetString(PyExc_TypeError, "a lane is made once");
         return -1;
     }
+    memset(&self->dest, 0, sizeof self->dest);
     if (strchr(addr, ':') == NULL) {
         struct sockaddr_in *sin = (struct sockaddr_in *)&self->dest;
         sin->sin_family = AF_INET;
@@ -252,6 +282,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "window or block size out of range");
         return -1;
     }
+    PyMem_Free(self->win);  /* a failed __init__ before may have left one */
     self->win = PyMem_Calloc(self->windowsize, sizeof *self->win);
     if (self->win == NULL) {
         PyErr_NoMemory();
@@ -290,7 +321,6 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     if (host == NULL)
         return -1;
     self->seconds = host;
-    self->wall = host == time_time;
     self->sdict = PyObject_GenericGetDict(session, NULL);
     self->mdict = PyObject_GenericGetDict(machine, NULL);
     if (self->sdict == NULL || self->mdict == NULL)
@@ -665,7 +695,7 @@ from_client(Lane *L, struct sockaddr_storage *src)
  * way with its last block still to read.  1 when L is hot, 0 when not
  * (nothing changed, no error set). */
 static int
-lane_load(Lane *L)
+lane_load(Lane *L, Call *c)
 {
     PyObject *sd = L->sdict, *md = L->mdict, *v, *window;
     Hot *h = &L->h;
@@ -741,8 +771,9 @@ lane_load(Lane *L)
     h->last = -1;
     h->stepped = h->sampled = h->first_new = 0;
     L->hot = 1;
-    L->hot_next = hot_lanes;
-    hot_lanes = L;
+    L->hot_list = &c->hot;
+    L->hot_next = c->hot;
+    c->hot = L;
     return 1;
 no:
     PyErr_Clear();
@@ -754,17 +785,18 @@ no:
 static void
 lane_unload(Lane *L)
 {
-    Lane **p = &hot_lanes;
+    Lane **p = L->hot_list;
     Py_ssize_t i;
     for (i = 0; i < L->h.wlen; i++)
         Py_CLEAR(L->win[i]);
     L->h.wlen = 0;
     Py_CLEAR(L->h.rs.buf);
     L->hot = 0;
-    while (*p != NULL && *p != L)
+    while (p != NULL && *p != NULL && *p != L)
         p = &(*p)->hot_next;
-    if (*p == L)
+    if (p != NULL && *p == L)
         *p = L->hot_next;
+    L->hot_list = NULL;
     L->hot_next = NULL;
 }
 
@@ -835,10 +867,11 @@ lane_flush(Lane *L)
     return 0;
 }
 
-/* Python's error, as (failed, exception, None) in ``later``; -1 when even
- * that cannot be made. */
+/* Python's error, as (failed, exception, session) in ``later``: session
+ * None, or the one whose transfer the error left broken; -1 when even that
+ * cannot be made. */
 static int
-report_failure(PyObject *later, PyObject *failed)
+report_failure(PyObject *later, PyObject *failed, PyObject *session)
 {
     PyObject *type, *value, *tb, *t = NULL;
     int r;
@@ -847,7 +880,7 @@ report_failure(PyObject *later, PyObject *failed)
     if (value == NULL)
         value = PyObject_CallFunction(PyExc_SystemError, "s", "a lane failed without an exception");
     if (value != NULL)
-        t = PyTuple_Pack(3, failed, value, Py_None);
+        t = PyTuple_Pack(3, failed, value, session);
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
@@ -856,24 +889,26 @@ report_failure(PyObject *later, PyObject *failed)
     return r;
 }
 
-/* Before a call into this module returns (rule 1): every hot lane writes
- * its copy back and lets go of it; a failure is reported in ``later``.  0,
- * or -1 with a Python error when a report could not be made.  A Python
- * error already set is kept (and the failures are not reported). */
+/* Before a call into this module returns (rule 1): every lane it made hot
+ * writes its copy back and lets go of it.  A lane whose copy could not be
+ * written back whole has a transfer Python cannot trust: it is reported in
+ * ``later`` with its session, which ends it.  0, or -1 with a Python error
+ * when a report could not be made.  With ``report`` 0 (the call fails
+ * anyway, its error set and kept) the lanes are written back unreported. */
 static int
-lanes_cool(PyObject *later, PyObject *failed)
+lanes_cool(Call *c, int report)
 {
     PyObject *type, *value, *tb;
     int r = 0, pending = PyErr_Occurred() != NULL;
     if (pending)
         PyErr_Fetch(&type, &value, &tb);
-    while (hot_lanes != NULL) {
-        Lane *L = hot_lanes;
+    while (c->hot != NULL) {
+        Lane *L = c->hot;
         Py_INCREF(L);
         if (lane_flush(L) < 0) {
-            if (pending || later == NULL)
-                PyErr_Clear();  /* the call fails anyway: its reports are lost */
-            else if (report_failure(later, failed) < 0) {
+            if (pending || !report || c->later == NULL)
+                PyErr_Clear();
+            else if (report_failure(c->later, c->failed, L->session ? L->session : Py_None) < 0) {
                 PyErr_Clear();
                 r = -1;
             }
@@ -888,11 +923,35 @@ lanes_cool(PyObject *later, PyObject *failed)
     return r;
 }
 
+/* A call into this module begins: no garbage collection until it ends, so
+ * no finalizer runs while lanes are hot (rule 1). */
+static void
+call_begin(Call *c, PyObject *later, PyObject *failed, unsigned char *buf)
+{
+    c->later = later;
+    c->failed = failed;
+    c->buf = buf;
+    c->hot = NULL;
+    c->gc = PyGC_Disable();
+}
+
+/* ... and ends: its lanes cooled (reported when ``report``), the collector
+ * on again.  0, or -1 as lanes_cool. */
+static int
+call_end(Call *c, int report)
+{
+    int r = lanes_cool(c, report);
+    if (c->gc)
+        PyGC_Enable();
+    c->gc = 0;
+    return r;
+}
+
 /* The whole-window ACK step, on the lane's copy: 1 when served, 0 to hand
  * back (nothing changed), -1 on a Python error after the step was taken
  * (its packets may not have left: the deadline resends them). */
 static int
-fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
+fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, Call *c)
 {
     PyObject *pkts[MAX_WINDOW];
     Hot *h = &L->h;
@@ -904,7 +963,12 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
     if (n < 4 || data[0] != 0 || data[1] != 4)
         return 0;
     number = (data[2] << 8) | data[3];
-    if (!L->hot && !lane_load(L))
+    /* the clock first: Python may run there, and nothing is under way yet */
+    if (lane_clock(L->seconds, &now)) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!L->hot && !lane_load(L, c))
         return 0;
     if (h->last >= 0)
         return 0; /* the last block is out: its ACK ends the transfer */
@@ -926,19 +990,6 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
             last = h->sent + count;
             break;
         }
-    }
-    if (L->wall) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);  /* what time.time() reads */
-        now = (double)(ts.tv_sec * 1000000000LL + ts.tv_nsec) / 1e9;
-    } else {
-        PyObject *now_obj = PyObject_CallNoArgs(L->seconds);
-        if (now_obj == NULL)
-            goto not_read;
-        now = PyFloat_AsDouble(now_obj);
-        Py_DECREF(now_obj);
-        if (now == -1.0 && PyErr_Occurred())
-            goto not_read;
     }
 
     /* ReadMachine.receive -> _heard */
@@ -1008,7 +1059,7 @@ fast_step(Lane *L, const unsigned char *data, Py_ssize_t n, PyObject *later)
         t = (after && nw) ? PyTuple_Pack(3, after, L->machine, nw) : NULL;
         Py_XDECREF(after);
         Py_XDECREF(nw);
-        if (t == NULL || PyList_Append(later, t)) {
+        if (t == NULL || PyList_Append(c->later, t)) {
             Py_XDECREF(t);
             return -1;
         }
@@ -1019,7 +1070,7 @@ not_read:
     PyErr_Clear();
     for (k = 0; k < count; k++)
         Py_DECREF(pkts[k]);
-    Py_DECREF(rs.buf);
+    Py_XDECREF(rs.buf);
     return 0;
 }
 
@@ -1030,7 +1081,7 @@ not_read:
 enum { SERVED, HANDED, FAILED, EMPTY };
 
 static int
-lane_event(Lane *L, unsigned char *buf, PyObject *later, PyObject *failed)
+lane_event(Lane *L, Call *c)
 {
     struct sockaddr_storage src;
     socklen_t slen = sizeof src;
@@ -1038,15 +1089,15 @@ lane_event(Lane *L, unsigned char *buf, PyObject *later, PyObject *failed)
     int step, r = SERVED;
     PyObject *t = NULL;
     Py_INCREF(L);
-    got = recvfrom(L->fd, buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
+    got = recvfrom(L->fd, c->buf, MAX_DATAGRAM, 0, (struct sockaddr *)&src, &slen);
     if (got < 0) {
         Py_DECREF(L);
         /* nothing waiting, or an ICMP error queued on the socket */
         return (errno == EAGAIN || errno == EWOULDBLOCK) ? EMPTY : SERVED;
     }
-    step = from_client(L, &src) ? fast_step(L, buf, got, later) : 0;
+    step = from_client(L, &src) ? fast_step(L, c->buf, got, c) : 0;
     if (step == 0) {
-        PyObject *data = PyBytes_FromStringAndSize((char *)buf, got), *addr = make_addr(&src);
+        PyObject *data = PyBytes_FromStringAndSize((char *)c->buf, got), *addr = make_addr(&src);
         if (data && addr)
             t = PyTuple_Pack(3, L->handler, data, addr);
         Py_XDECREF(data);
@@ -1054,12 +1105,12 @@ lane_event(Lane *L, unsigned char *buf, PyObject *later, PyObject *failed)
         r = HANDED;
     } else if (step < 0) {
         Py_DECREF(L);
-        return report_failure(later, failed) < 0 ? -1 : FAILED;
+        return report_failure(c->later, c->failed, Py_None) < 0 ? -1 : FAILED;
     }
     Py_DECREF(L);
     if (r == SERVED)
         return r;
-    if (t == NULL || PyList_Append(later, t)) {
+    if (t == NULL || PyList_Append(c->later, t)) {
         Py_XDECREF(t);
         return -1;
     }
@@ -1076,8 +1127,9 @@ Lane_drain(Lane *self, PyObject *args)
 {
     long read = 0, limit;
     int more = 0;
-    PyObject *later, *failed, *result;
+    PyObject *later, *failed, *result = NULL;
     unsigned char *buf;
+    Call c;
     if (!PyArg_ParseTuple(args, "lO", &limit, &failed))
         return NULL;
     later = PyList_New(0);
@@ -1087,14 +1139,11 @@ Lane_drain(Lane *self, PyObject *args)
         Py_XDECREF(later);
         return PyErr_NoMemory();
     }
+    call_begin(&c, later, failed, buf);
     while (read < limit) {
-        int r = lane_event(self, buf, later, failed);
-        if (r < 0) {
-            PyMem_Free(buf);
-            lanes_cool(NULL, failed);
-            Py_DECREF(later);
-            return NULL;
-        }
+        int r = lane_event(self, &c);
+        if (r < 0)
+            goto done;
         if (r == EMPTY)
             break;
         read++;
@@ -1103,12 +1152,11 @@ Lane_drain(Lane *self, PyObject *args)
             break;
         }
     }
+    if (call_end(&c, 1) == 0)
+        result = Py_BuildValue("(OlO)", later, read, more ? Py_True : Py_False);
+done:
+    call_end(&c, 0);  /* after a failure: an error is set, and kept */
     PyMem_Free(buf);
-    if (lanes_cool(later, failed) < 0) {
-        Py_DECREF(later);
-        return NULL;
-    }
-    result = Py_BuildValue("(OlO)", later, read, more ? Py_True : Py_False);
     Py_DECREF(later);
     return result;
 }
@@ -1321,12 +1369,12 @@ static PyTypeObject DeadlinesType = {
 /* The lane of descriptor ``fdo`` in ``lanes`` serves its datagram: 1, or
  * 0 when the descriptor has no lane (its event is Python's), -1 on error. */
 static int
-lane_takes(PyObject *lanes, PyObject *fdo, unsigned char *buf, PyObject *later, PyObject *failed)
+lane_takes(PyObject *lanes, PyObject *fdo, Call *c)
 {
     PyObject *lane = PyDict_GetItemWithError(lanes, fdo);
     if (lane == NULL || !Py_IS_TYPE(lane, &LaneType))
         return PyErr_Occurred() ? -1 : 0;
-    return lane_event((Lane *)lane, buf, later, failed) < 0 ? -1 : 1;
+    return lane_event((Lane *)lane, c) < 0 ? -1 : 1;
 }
 
 /* serve(events, lanes, failed) -> (rest, later)
@@ -1334,60 +1382,46 @@ lane_takes(PyObject *lanes, PyObject *fdo, unsigned char *buf, PyObject *later, 
  * events: epoll's [(fd, mask)]; lanes: {fd: Lane}.  Reads one datagram for
  * each event of a lane and serves it, or hands it back; rest is the events
  * of other descriptors, later the (call, a, b) Python must run, a lane's
- * failure among them as failed(exception, None). */
+ * failure among them as failed(exception, session or None). */
 static PyObject *
 serve(PyObject *module, PyObject *args)
 {
-    PyObject *events, *lanes, *failed, *rest, *later, *result;
+    PyObject *events, *lanes, *failed, *rest, *later, *result = NULL;
     Py_ssize_t i, n;
     unsigned char *buf;
+    Call c;
     if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &events, &PyDict_Type, &lanes, &failed))
         return NULL;
     rest = PyList_New(0);
     later = PyList_New(0);
     buf = PyMem_Malloc(MAX_DATAGRAM);
-    if (rest == NULL || later == NULL || buf == NULL)
-        goto error;
+    if (rest == NULL || later == NULL || buf == NULL) {
+        PyMem_Free(buf);
+        Py_XDECREF(rest);
+        Py_XDECREF(later);
+        return PyErr_NoMemory();
+    }
+    call_begin(&c, later, failed, buf);
     n = PyList_GET_SIZE(events);
     for (i = 0; i < n; i++) {
         PyObject *ev = PyList_GET_ITEM(events, i);
         int taken;
         if (!PyTuple_Check(ev) || PyTuple_GET_SIZE(ev) < 1) {
             PyErr_SetString(PyExc_TypeError, "events are (fd, mask)");
-            goto error;
+            goto done;
         }
-        taken = lane_takes(lanes, PyTuple_GET_ITEM(ev, 0), buf, later, failed);
+        taken = lane_takes(lanes, PyTuple_GET_ITEM(ev, 0), &c);
         if (taken < 0 || (taken == 0 && PyList_Append(rest, ev)))
-            goto error;
+            goto done;
     }
+    if (call_end(&c, 1) == 0)
+        result = PyTuple_Pack(2, rest, later);
+done:
+    call_end(&c, 0);  /* after a failure: an error is set, and kept */
     PyMem_Free(buf);
-    if (lanes_cool(later, failed) < 0) {
-        Py_DECREF(rest);
-        Py_DECREF(later);
-        return NULL;
-    }
-    result = PyTuple_Pack(2, rest, later);
     Py_DECREF(rest);
     Py_DECREF(later);
     return result;
-error:
-    lanes_cool(NULL, failed);
-    PyMem_Free(buf);
-    Py_XDECREF(rest);
-    Py_XDECREF(later);
-    return NULL;
-}
-
-/* The sessions' clock, read once. */
-static int
-clock_now(PyObject *seconds, double *now)
-{
-    PyObject *v = PyObject_CallNoArgs(seconds);
-    if (v == NULL)
-        return -1;
-    *now = PyFloat_AsDouble(v);
-    Py_DECREF(v);
-    return (*now == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static double
@@ -1456,12 +1490,14 @@ park(PyObject *module, PyObject *args)
     struct epoll_event evs[BATCH];
     double quick, prev;
     long before = 0;
+    Call c;
     if (!PyArg_ParseTuple(args, "iiO!OdO!Od", &epfd, &other, &PyDict_Type, &lanes, &failed, &timeout,
                           &DeadlinesType, &D, &seconds, &quick))
         return NULL;
     rest = PyList_New(0);
     later = PyList_New(0);
     buf = PyMem_Malloc(MAX_DATAGRAM);
+    call_begin(&c, later, failed, buf);
     if (rest == NULL || later == NULL || buf == NULL) {
         if (buf == NULL)
             PyErr_NoMemory();
@@ -1474,7 +1510,7 @@ park(PyObject *module, PyObject *args)
     parked = 1;
     prev = monotonic();
     deadline = prev + timeout;
-    if (clock_now(seconds, &skew))
+    if (lane_clock(seconds, &skew))
         goto done;
     skew -= monotonic();  /* the sessions' clock, less the monotonic one */
     for (;;) {
@@ -1482,7 +1518,7 @@ park(PyObject *module, PyObject *args)
         int n, i, reactor = 0;
         if (t >= due) {
             double now;
-            if (clock_now(seconds, &now) || deadlines_due(D, now, later))
+            if (lane_clock(seconds, &now) || deadlines_due(D, now, later))
                 goto done;
             if (PyList_GET_SIZE(later))
                 break;
@@ -1512,7 +1548,7 @@ park(PyObject *module, PyObject *args)
             fdo = PyLong_FromLong(evs[i].data.fd);
             if (fdo == NULL)
                 goto done;
-            taken = lane_takes(lanes, fdo, buf, later, failed);
+            taken = lane_takes(lanes, fdo, &c);
             if (taken != 0) {
                 Py_DECREF(fdo);
                 if (taken < 0)
@@ -1537,10 +1573,10 @@ park(PyObject *module, PyObject *args)
             before = served;
         }
     }
-    if (lanes_cool(later, failed) == 0)
+    if (call_end(&c, 1) == 0)
         result = Py_BuildValue("(OOl)", rest, later, served);
 done:
-    lanes_cool(NULL, failed);  /* after a failure: an error is set, and kept */
+    call_end(&c, 0);  /* after a failure: an error is set, and kept */
     if (parked && nest(epfd, other, 0) < 0) {
         Py_CLEAR(result);
         PyErr_SetFromErrno(PyExc_OSError);

@@ -248,8 +248,12 @@ class Lanes:
             self.close(fd)
 
 
-def _lane_failed(exc: BaseException, _: None) -> None:
+def _lane_failed(exc: BaseException, session: Any) -> None:
+    """A lane's failure; with its session when the lane could not write its
+    copy of the transfer's state back whole (that session must end)."""
     log.failure("error in a compiled lane", Failure(exc))
+    if session is not None:
+        session.lane_failed(Failure(exc))
 
 
 def _run(later: list[tuple[Callable[[Any, Any], object], Any, Any]]) -> None:

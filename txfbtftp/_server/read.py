@@ -101,6 +101,11 @@ class ReadSession(Session[ReadMachine]):
         d.addCallback(lambda _: self._read_done(box[0])).addErrback(self._crashed)
         return None
 
+    def lane_failed(self, failure: Failure) -> None:
+        """The compiled lane could not write a step back whole: the
+        transfer's state cannot be trusted, so it ends as a failed read does."""
+        self._io_failed(failure)
+
     def _read_done(self, data: Any) -> None:
         self._wait.done()
         m = self.machine
