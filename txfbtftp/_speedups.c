@@ -450,22 +450,34 @@ dget_long(PyObject *dict, PyObject *name, long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* --- writing attributes: each takes a new value (NULL: its allocation failed) --- */
+
 static int
-dset_long(PyObject *dict, PyObject *name, long value)
+dset_new(PyObject *dict, PyObject *name, PyObject *v)
 {
-    PyObject *v = PyLong_FromLong(value);
     int r = v == NULL ? -1 : PyDict_SetItem(dict, name, v);
     Py_XDECREF(v);
     return r;
 }
 
 static int
-dset_double(PyObject *dict, PyObject *name, double value)
+aset_new(PyObject *obj, PyObject *name, PyObject *v)
 {
-    PyObject *v = PyFloat_FromDouble(value);
-    int r = v == NULL ? -1 : PyDict_SetItem(dict, name, v);
+    int r = v == NULL ? -1 : PyObject_SetAttr(obj, name, v);
     Py_XDECREF(v);
     return r;
+}
+
+static int
+dset_long(PyObject *dict, PyObject *name, long value)
+{
+    return dset_new(dict, name, PyLong_FromLong(value));
+}
+
+static int
+dset_double(PyObject *dict, PyObject *name, double value)
+{
+    return dset_new(dict, name, PyFloat_FromDouble(value));
 }
 
 static int
@@ -483,10 +495,7 @@ aget_double(PyObject *obj, PyObject *name, double *out, int *is_none)
 static int
 aset_double(PyObject *obj, PyObject *name, double value)
 {
-    PyObject *v = PyFloat_FromDouble(value);
-    int r = v == NULL ? -1 : PyObject_SetAttr(obj, name, v);
-    Py_XDECREF(v);
-    return r;
+    return aset_new(obj, name, PyFloat_FromDouble(value));
 }
 
 /* --- the reader: FileReader.read, on local copies (rule 3) --- */
@@ -806,7 +815,7 @@ lane_unload(Lane *L)
 static int
 lane_flush(Lane *L)
 {
-    PyObject *md = L->mdict, *window, *v;
+    PyObject *md = L->mdict, *window;
     Hot *h = &L->h;
     Py_ssize_t i;
     if (!h->stepped)
@@ -832,38 +841,15 @@ lane_flush(Lane *L)
     if (dset_long(md, s_acked, h->acked) || dset_double(md, s_burst_at, h->burst_at)
         || PyDict_SetItem(md, s_clean, h->clean ? Py_True : Py_False))
         return -1;
-    v = PyLong_FromLong(0);
-    if (v == NULL || PyObject_SetAttr(L->watchdog, s_tries, v)) {
-        Py_XDECREF(v);
+    if (aset_new(L->watchdog, s_tries, PyLong_FromLong(0)) || aset_double(L->watchdog, s_since, h->since)
+        || dset_long(md, s_sent, h->sent) || dset_long(md, s_bytes, h->bytes)
+        || dset_long(md, s_bytes_sent, h->bytes_sent) || dset_long(md, s_packets_sent, h->packets_sent)
+        || PyDict_SetItem(md, s_restart_armed, Py_True) || (h->last >= 0 && dset_long(md, s_last, h->last))
+        || dset_double(md, s_deadline, h->deadline))
         return -1;
-    }
-    Py_DECREF(v);
-    if (aset_double(L->watchdog, s_since, h->since) || dset_long(md, s_sent, h->sent)
-        || dset_long(md, s_bytes, h->bytes) || dset_long(md, s_bytes_sent, h->bytes_sent)
-        || dset_long(md, s_packets_sent, h->packets_sent) || PyDict_SetItem(md, s_restart_armed, Py_True))
+    if (PyObject_SetAttr(L->reader, s_buf, h->rs.buf) || aset_new(L->reader, s_pos, PyLong_FromSsize_t(h->rs.pos))
+        || aset_new(L->reader, s_offset, PyLong_FromLongLong(h->rs.offset)))
         return -1;
-    if (h->last >= 0) {
-        v = PyLong_FromLong(h->last);
-        if (v == NULL || PyDict_SetItem(md, s_last, v)) {
-            Py_XDECREF(v);
-            return -1;
-        }
-        Py_DECREF(v);
-    }
-    if (dset_double(md, s_deadline, h->deadline) || PyObject_SetAttr(L->reader, s_buf, h->rs.buf))
-        return -1;
-    v = PyLong_FromSsize_t(h->rs.pos);
-    if (v == NULL || PyObject_SetAttr(L->reader, s_pos, v)) {
-        Py_XDECREF(v);
-        return -1;
-    }
-    Py_DECREF(v);
-    v = PyLong_FromLongLong(h->rs.offset);
-    if (v == NULL || PyObject_SetAttr(L->reader, s_offset, v)) {
-        Py_XDECREF(v);
-        return -1;
-    }
-    Py_DECREF(v);
     return 0;
 }
 
