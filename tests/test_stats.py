@@ -487,3 +487,21 @@ def test_a_record_as_a_dict_is_every_field_with_its_own_option_dicts():
     assert d == dataclasses.asdict(record) and list(d) == list(values)
     d["options_requested"]["blksize"] = "512"  # the caller's copy, not the record's
     assert record.options_requested == {"blksize": "1468"}
+
+
+def test_a_change_listener_that_raises_is_logged_and_the_count_goes_on():
+    stats, calls, events = ServerStats(), [], []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("listener bug")
+    stats.change_listeners.extend([broken, lambda: calls.append(2)])
+    globalLogPublisher.addObserver(events.append)
+    try:
+        stats.increment_counter("sessions_started")
+        stats.set_counter("errors_suppressed", 3)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert calls == [1, 2, 1, 2]
+    assert stats.get_all_counters() == {"sessions_started": 1, "errors_suppressed": 3}
+    assert len([e for e in events if "change listener" in e.get("log_format", "")]) == 2

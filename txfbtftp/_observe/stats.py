@@ -64,7 +64,8 @@ class ServerStats:
         #: Called with each :class:`SessionRecord`; one that raises is logged and skipped.
         self.session_listeners: list[SessionListener] = []
         #: Called with no arguments when a counter changes (and so, with it,
-        #: :attr:`active`): a worker reports on change, not on a timer.
+        #: :attr:`active`): a worker reports on change, not on a timer.  One
+        #: that raises is logged and skipped.
         self.change_listeners: list[Callable[[], None]] = []
         self._loop: LoopingCall | None = None
 
@@ -91,7 +92,10 @@ class ServerStats:
 
     def _changed(self) -> None:
         for listener in self.change_listeners:
-            listener()
+            try:
+                listener()
+            except Exception:
+                log.failure("statistics change listener {listener!r} failed", listener=listener)
 
     def reset_counter(self, name: str) -> None:
         self._counters[name] = 0
