@@ -1,5 +1,6 @@
 """The session sockets' poller: how long it spins (under a fake clock), and
 that the listening ports come first under load."""
+import select
 import socket
 
 import pytest
@@ -186,3 +187,41 @@ def test_a_light_load_reads_the_listening_port_in_its_turn(sockets):
         sockets.doRead()
     listening.sock.close()
     assert seen[:4] == ["block"] * 3 + ["request"] and seen.count("request") == 1
+
+
+def test_an_error_in_the_poller_is_logged_and_the_sessions_go_on(sockets):
+    """Raised to the reactor, an unexpected error would disconnect the
+    poller and every session behind it: it is logged, at most once a
+    minute, and the next read serves as before."""
+    from twisted.logger import globalLogPublisher
+    seen, events = [], []
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    real = sockets._ep
+
+    class Failing:
+        left = 2
+
+        def poll(self, *args):
+            if Failing.left:
+                Failing.left -= 1
+                raise RuntimeError("a bug in the loop")
+            return real.poll(*args)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+    sockets._ep = Failing()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _ready_sessions(sockets, 3, seen, sender)
+        select.select([real.fileno()], [], [], 2)
+        sockets.doRead()
+        sockets.doRead()
+        assert seen == []
+        sockets.doRead()
+        assert seen == ["block"] * 3
+        assert len([e for e in events if e.get("log_failure") is not None
+                    and "session poller" in e.get("log_format", "")]) == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        sockets._ep = real
+        sender.close()

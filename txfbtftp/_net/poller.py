@@ -43,7 +43,7 @@ from zope.interface import implementer
 from txfbtftp._net.batch import BatchSender
 from txfbtftp._net.lanes import Handler, Lanes
 from txfbtftp._net.listener import MAX_DATAGRAM
-from txfbtftp._observe.logs import log
+from txfbtftp._observe.logs import LogLimiter, log
 
 _speedups: Any
 try:
@@ -122,6 +122,8 @@ class SessionSockets:
         self._handlers: dict[int, tuple[socket.socket | None, Callable[..., object]]] = {}
         #: The listening ports' readers, by descriptor.
         self._listeners: dict[int, Callable[[], object]] = {}
+        #: Unexpected errors of the loop: logged, at most once a minute.
+        self._failures = LogLimiter(clock)
         #: The compiled lanes, where the module is built.
         self.lanes = (Lanes(_speedups, reactor, self.timers, self._ep, self.sender, busy_poll)
                       if Lane is not None else None)
@@ -201,14 +203,18 @@ class SessionSockets:
 
     def doRead(self) -> None:
         lanes = self.lanes
-        if lanes is None:
-            self._read(None)
-            return
-        lanes.reading = True
+        if lanes is not None:
+            lanes.reading = True
         try:
             self._read(lanes)
+        except Exception:
+            # Raised to the reactor, it would disconnect the poller, and
+            # every session with it.
+            if self._failures.allow("poller"):
+                log.failure("error in the session poller (logged once a minute)")
         finally:
-            lanes.away()
+            if lanes is not None:
+                lanes.away()
 
     def _read(self, lanes: Lanes | None) -> None:
         poll = self._ep.poll
