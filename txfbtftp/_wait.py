@@ -61,4 +61,3 @@ def take(d: Deferred[Any]) -> list[Any]:
     box: list[Any] = []
     d.addBoth(box.append)
     return box
-

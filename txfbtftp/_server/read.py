@@ -19,6 +19,7 @@ from txfbtftp._protocol.read import ReadMachine
 from txfbtftp._protocol.schedule import Watchdog
 from txfbtftp._netascii import NetasciiReader
 from txfbtftp._server.session import Session
+from txfbtftp._wait import take
 
 Read = Callable[[int], MaybeDeferred[bytes]]
 
@@ -93,8 +94,7 @@ class ReadSession(Session[ReadMachine]):
     def _settled(self, d: Deferred[bytes]) -> bytes | Failure | None:
         """What ``d`` fired with, if it has (taken here, not through a
         callback: no recursion); else None, and :meth:`_read_done` follows."""
-        box: list[bytes | Failure] = []
-        d.addBoth(box.append)
+        box = take(d)
         if box:
             return box[0]
         self._wait.wait_for(d)
